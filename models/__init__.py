@@ -1,3 +1,5 @@
-"""LightningModules for the paper's MLP and CNN, with its regularisers."""
+"""The paper's MLP and CNN, as plain networks and as LightningModules with its regularisers."""
 
-__all__: list[str] = []
+from models.networks import MLP, Crop, GaussianNoise, PaperCNN, glorot_uniform_
+
+__all__ = ["Crop", "GaussianNoise", "MLP", "PaperCNN", "glorot_uniform_"]
