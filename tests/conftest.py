@@ -1,4 +1,5 @@
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+# `from helpers import ...` in tests; appended so that it never shadows the packages.
+sys.path.append(str(Path(__file__).parent))
