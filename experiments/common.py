@@ -1,0 +1,160 @@
+"""The small runner every figure script shares: arguments, datasets, Trainer, resolved config, TensorBoard scalars.
+
+Each experiment is one readable script over the library (the library never imports the experiments). A script
+defines a dataclass config, calls :func:`parse_config` (command-line flags for every field, ``--quick`` for a
+CPU-sized run), builds datamodules with :func:`make_datamodule` and Trainers with :func:`make_trainer`, and writes
+its resolved config, TensorBoard logs and figure side by side under ``runs/<figure>/``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, TypeVar
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as `python experiments/figN.py` from a checkout
+    sys.path.insert(0, str(REPO))
+
+import pytorch_lightning as pl  # noqa: E402
+import torch  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+
+from datamodules import NoisyCIFAR10, NoisyDataModule, NoisyDigits, NoisyImageFolder, NoisyMNIST  # noqa: E402
+
+C = TypeVar("C")
+
+#: The CIFAR-10 JPEGs shipped for offline work (see ../shared/data/README.md), relative to the repository.
+SHARED_CIFAR_ARCHIVE = REPO.parent / "shared" / "data" / "cifar10-jpg.tar.gz"
+
+#: The paper's noise variants, by the names its figures use.
+VARIANTS: dict[str, dict[str, Any]] = {
+    "real": dict(noise="none"),
+    "randX": dict(noise="random_inputs"),
+    "randY": dict(noise="random_labels"),
+}
+
+
+@dataclasses.dataclass
+class RunArgs:
+    """Arguments every experiment takes (besides its own config)."""
+
+    gpus: int = 0  # GPUs per node; 0 runs on the CPU
+    nodes: int = 1  # Lightning's num_nodes (launch one process per GPU per node, e.g. with torchrun or SLURM)
+    out: str = "runs"  # root of all outputs
+    precision: str = "32-true"  # Trainer precision; LASS always runs in float32 whatever this is
+    quick: bool = False  # a CPU-sized run on real data that finishes in minutes
+
+
+def parse_config(config_cls: type[C], quick: dict[str, Any], description: str, argv: list[str] | None = None) -> tuple[C, RunArgs]:
+    """Command-line flags for every field of ``config_cls`` and of :class:`RunArgs`; ``--quick`` applies ``quick``
+    first, so explicit flags still override it."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    groups = [(config_cls, parser.add_argument_group("experiment")), (RunArgs, parser.add_argument_group("run"))]
+    for cls, group in groups:
+        for f in dataclasses.fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            flag = "--" + f.name.replace("_", "-")
+            if isinstance(default, bool):
+                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=f"(default {default})")
+            elif isinstance(default, (tuple, list)):
+                kind = type(default[0]) if default else str
+                group.add_argument(flag, nargs="+", type=kind, default=None, help=f"(default {' '.join(map(str, default))})")
+            else:
+                group.add_argument(flag, type=type(default) if default is not None else str, default=None,
+                                   help=f"(default {default})")
+    ns = vars(parser.parse_args(argv))
+    run_fields = {f.name for f in dataclasses.fields(RunArgs)}
+    run = RunArgs(**{k: v for k, v in ns.items() if k in run_fields and v is not None})
+    values: dict[str, Any] = dict(quick) if run.quick else {}
+    values.update({k: v for k, v in ns.items() if k not in run_fields and v is not None})
+    for f in dataclasses.fields(config_cls):
+        if f.name in values and isinstance(getattr(config_cls, f.name, None), tuple):
+            values[f.name] = tuple(values[f.name])
+    config = config_cls(**values)
+    if run.gpus < 0 or run.nodes < 1:
+        raise SystemExit(f"--gpus must be >= 0 and --nodes >= 1, got {run.gpus} and {run.nodes}")
+    return config, run
+
+
+def resolve_cifar_folder(data_dir: str) -> Path:
+    """The CIFAR-10 JPEG folder under ``data_dir``, extracted from the shared archive on first use."""
+    folder = Path(data_dir) / "cifar10-jpg"
+    if (folder / "train").is_dir():
+        return folder
+    if not SHARED_CIFAR_ARCHIVE.exists():
+        raise SystemExit(
+            f"no CIFAR-10 JPEG folder at {folder} and no archive at {SHARED_CIFAR_ARCHIVE}; use --dataset cifar10 "
+            "with torchvision's files in --data-dir, or --dataset digits"
+        )
+    import tarfile
+
+    print(f"extracting {SHARED_CIFAR_ARCHIVE} to {data_dir} (once)")
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    with tarfile.open(SHARED_CIFAR_ARCHIVE) as tar:
+        tar.extractall(data_dir, filter="data")
+    return folder
+
+
+def make_datamodule(dataset: str, data_dir: str, variant: str, **kwargs: Any) -> NoisyDataModule:
+    """A datamodule by name: ``mnist``, ``cifar10`` (torchvision files), ``cifar10-jpg`` (the JPEG folder),
+    ``digits``; ``variant`` is ``real``, ``randX`` or ``randY`` (see :data:`VARIANTS`); kwargs override."""
+    if variant not in VARIANTS:
+        raise SystemExit(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS)}")
+    options = {**VARIANTS[variant], **kwargs}
+    if options.get("noise") == "none":
+        options.pop("noise_fraction", None)
+    if dataset == "mnist":
+        return NoisyMNIST(data_dir, download=True, **options)
+    if dataset == "cifar10":
+        return NoisyCIFAR10(data_dir, download=True, **options)
+    if dataset == "cifar10-jpg":
+        return NoisyImageFolder(str(resolve_cifar_folder(data_dir)), val_dir="test", **options)
+    if dataset == "digits":
+        return NoisyDigits(data_dir, **options)
+    raise SystemExit(f"unknown dataset {dataset!r}; expected mnist, cifar10, cifar10-jpg or digits")
+
+
+def make_trainer(run: RunArgs, figure: str, name: str, epochs: int, callbacks: list, **kwargs: Any) -> pl.Trainer:
+    """A Trainer that logs to ``<out>/<figure>/<name>`` in TensorBoard; DDP when more than one process."""
+    distributed = run.gpus > 1 or run.nodes > 1
+    return pl.Trainer(
+        accelerator="gpu" if run.gpus > 0 else "cpu",
+        devices=run.gpus if run.gpus > 0 else 1,
+        num_nodes=run.nodes,
+        strategy="ddp" if distributed else "auto",
+        precision=run.precision,
+        max_epochs=epochs,
+        logger=TensorBoardLogger(os.path.join(run.out, figure), name=name, default_hp_metric=False),
+        callbacks=callbacks,
+        enable_progress_bar=sys.stderr.isatty(),
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        **kwargs,
+    )
+
+
+def save_config(trainer: pl.Trainer, config: Any, run: RunArgs, **extra: Any) -> None:
+    """Write the resolved configuration beside the run's TensorBoard logs (rank 0 only)."""
+    if trainer.global_rank != 0 or trainer.logger is None:
+        return
+    path = Path(trainer.logger.log_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    blob = {"config": dataclasses.asdict(config), "run": dataclasses.asdict(run), "torch": torch.__version__,
+            "lightning": pl.__version__, **extra}
+    (path / "config.json").write_text(json.dumps(blob, indent=2, default=str))
+
+
+def read_scalars(log_dir: str | os.PathLike, tag: str) -> list[tuple[int, float]]:
+    """``(step, value)`` pairs of one scalar tag, read back with TensorBoard's own event reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if tag not in acc.Tags()["scalars"]:
+        return []
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
