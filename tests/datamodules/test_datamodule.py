@@ -115,3 +115,32 @@ def test_properties_before_setup():
     assert dm.num_classes == 10 and dm.input_shape == (1, 8, 8)
     with pytest.raises(RuntimeError, match="call `dm.setup"):
         dm.corruption
+
+
+def test_trainer_reshuffles_every_epoch():
+    import pytorch_lightning as pl
+
+    class FirstIndices(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(64, 10)
+            self.first = []
+
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 0:
+                self.first.append(batch.index[:8].clone())
+            return torch.nn.functional.cross_entropy(self.lin(batch.x.flatten(1)), batch.y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    dm = NoisyDigits(batch_size=256, seed=1)
+    model = FirstIndices()
+    pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, limit_val_batches=0).fit(model, dm)
+    assert len(model.first) == 3
+    assert not torch.equal(model.first[0], model.first[1]) and not torch.equal(model.first[1], model.first[2])
+    dm.setup()
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(2)
+    assert torch.equal(next(iter(loader)).index[:8], model.first[2])  # the order is a function of (seed, epoch)
