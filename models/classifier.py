@@ -74,6 +74,13 @@ def _is_real(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
+def _check_regularisers(dropout: float, input_dropout: float, input_noise_std: float, hidden_noise_std: float) -> None:
+    for name, p in (("dropout", dropout), ("input_dropout", input_dropout)):
+        _check(_is_real(p) and 0 <= p < 1, name, p, "in [0, 1)")
+    for name, std in (("input_noise_std", input_noise_std), ("hidden_noise_std", hidden_noise_std)):
+        _check(_is_real(std) and std >= 0, name, std, "a finite number >= 0")
+
+
 def step_seed(seed: int, step: int) -> int:
     """The LASS seed of one training step: a 63-bit hash of ``(seed, step)``, so each step draws fresh noise.
 
@@ -391,7 +398,12 @@ class MLPClassifier(MemorizationClassifier):
         num_classes: number of outputs.
         hidden: width of each hidden layer.
         init: ``"default"`` (PyTorch's) or ``"glorot_uniform"``.
-        dropout, input_dropout, input_noise, hidden_noise: the network's regularisers (:mod:`models.networks`).
+        dropout: dropout after every hidden layer (the CNN's dense ones).
+        input_dropout: dropout on the input pixels.
+        input_noise_std: std of Gaussian noise added to the inputs (model-input units). Named ``*_std`` (the
+            networks' ``input_noise``) so as not to clash with the datamodules' ``input_noise`` (the kind of
+            randX noise) when Lightning logs both sets of hyperparameters.
+        hidden_noise_std: std of Gaussian noise added after every hidden layer.
 
     Example:
         >>> model = MLPClassifier((1, 8, 8), 10, hidden=(32, 32), dropout=0.5, adversarial_weight=0.5)
@@ -407,8 +419,8 @@ class MLPClassifier(MemorizationClassifier):
         init: Init = "default",
         dropout: float = 0.0,
         input_dropout: float = 0.0,
-        input_noise: float = 0.0,
-        hidden_noise: float = 0.0,
+        input_noise_std: float = 0.0,
+        hidden_noise_std: float = 0.0,
         lr: float = 0.01,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
@@ -424,8 +436,11 @@ class MLPClassifier(MemorizationClassifier):
         input_std: float | Sequence[float] | None = None,
         pixel_scale: float | None = None,
     ) -> None:
+        _check_regularisers(dropout, input_dropout, input_noise_std, hidden_noise_std)
         in_features = in_shape if _is_int(in_shape) else math.prod(in_shape)
-        network = MLP(in_features, num_classes, tuple(hidden), dropout, input_dropout, input_noise, hidden_noise, init)
+        network = MLP(
+            in_features, num_classes, tuple(hidden), dropout, input_dropout, input_noise_std, hidden_noise_std, init
+        )
         super().__init__(network, **_optimiser_kwargs(locals()))
 
 
@@ -440,7 +455,12 @@ class CNNClassifier(MemorizationClassifier):
         num_classes: number of outputs.
         width: multiplies every channel and unit count (1.0 is the paper's network).
         crop: pixels removed from each side of the image (the paper's Crop(2, 2)).
-        dropout, input_dropout, input_noise, hidden_noise: the network's regularisers (:mod:`models.networks`).
+        dropout: dropout after every hidden layer (the CNN's dense ones).
+        input_dropout: dropout on the input pixels.
+        input_noise_std: std of Gaussian noise added to the inputs (model-input units). Named ``*_std`` (the
+            networks' ``input_noise``) so as not to clash with the datamodules' ``input_noise`` (the kind of
+            randX noise) when Lightning logs both sets of hyperparameters.
+        hidden_noise_std: std of Gaussian noise added after every hidden layer.
 
     Example:
         >>> model = CNNClassifier((3, 32, 32), 10, width=0.05, dropout=0.5, weight_decay=1e-3)
@@ -456,8 +476,8 @@ class CNNClassifier(MemorizationClassifier):
         crop: int = 2,
         dropout: float = 0.0,
         input_dropout: float = 0.0,
-        input_noise: float = 0.0,
-        hidden_noise: float = 0.0,
+        input_noise_std: float = 0.0,
+        hidden_noise_std: float = 0.0,
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
@@ -474,5 +494,8 @@ class CNNClassifier(MemorizationClassifier):
         pixel_scale: float | None = None,
     ) -> None:
         _check(len(in_shape) == 3, "in_shape", in_shape, "(C, H, W)")
-        network = PaperCNN(tuple(in_shape), num_classes, width, dropout, input_dropout, input_noise, hidden_noise, crop)
+        _check_regularisers(dropout, input_dropout, input_noise_std, hidden_noise_std)
+        network = PaperCNN(
+            tuple(in_shape), num_classes, width, dropout, input_dropout, input_noise_std, hidden_noise_std, crop
+        )
         super().__init__(network, **_optimiser_kwargs(locals()))
