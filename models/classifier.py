@@ -234,23 +234,25 @@ class MemorizationClassifier(LightningModule):
             return
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         corruption = getattr(dm, "corruption", None)
-        if corruption is not None and bool((corruption.targets != corruption.clean_targets).any()):
-            self._original_targets = corruption.clean_targets.to(self.device)
+        relabelled = corruption is not None and bool((corruption.targets != corruption.clean_targets).any())
+        self._original_targets = corruption.clean_targets.to(self.device) if relabelled else None
         if self.hparams.adversarial_weight > 0:
             self._resolve_adversarial_units(dm)
 
     def _resolve_adversarial_units(self, dm: Any) -> None:
+        """Per-channel pixel unit and clipping bounds from the datamodule, unless given as arguments."""
         hp = self.hparams
-        if hp.adversarial_units == "pixels" and self._pixel_unit is None:
+        if hp.adversarial_units == "pixels" and hp.input_std is None:
             if dm is None or not hasattr(dm, "std"):
                 raise ValueError(
                     "`adversarial_units='pixels'` needs the inputs' per-channel std to convert LASS's radius, step "
-                    "and noise: train with a datamodule exposing `std` and `pixel_scale` (as datamodules.NoisyDataModule"
-                    " does), pass `input_std=`, or give them in model-input units with `adversarial_units='input'`"
+                    "and noise: train with a datamodule exposing `std` and `pixel_scale` (as "
+                    "datamodules.NoisyDataModule does), pass `input_std=`, or give them in model-input units with "
+                    "`adversarial_units='input'`"
                 )
             scale = dm.pixel_scale if hp.pixel_scale is None else hp.pixel_scale
             self._pixel_unit = (scale / torch.as_tensor(dm.std, dtype=torch.float32).reshape(-1)).to(self.device)
-        if hp.adversarial_clip and self._clip_low is None:
+        if hp.adversarial_clip:
             if dm is None or not hasattr(dm, "input_bounds"):
                 raise ValueError(
                     "`adversarial_clip=True` needs the valid input range: train with a datamodule exposing "

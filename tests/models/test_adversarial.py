@@ -110,7 +110,9 @@ def test_pixel_units_without_std_is_a_clear_error(tmp_path, fake_lass):
     model = MLPClassifier(SHAPE, 10, hidden=(8,), adversarial_weight=0.5)
     with pytest.raises(ValueError, match=r"`adversarial_units='pixels'` needs the inputs' per-channel std"):
         trainer(tmp_path).fit(model, loader)
-    model = MLPClassifier(SHAPE, 10, hidden=(8,), adversarial_weight=0.5, adversarial_units="input", adversarial_clip=True)
+    model = MLPClassifier(
+        SHAPE, 10, hidden=(8,), adversarial_weight=0.5, adversarial_units="input", adversarial_clip=True
+    )
     with pytest.raises(ValueError, match=r"`adversarial_clip=True` needs the valid input range"):
         trainer(tmp_path).fit(model, loader)
     with pytest.raises(ValueError, match=r"`adversarial_units='pixels'` needs"):  # outside a Trainer, too
