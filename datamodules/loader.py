@@ -88,6 +88,10 @@ class TensorBatchLoader:
         drop_last: drop the last incomplete batch.
     """
 
+    #: Lightning's evaluation loop reads ``batch_sampler`` of any loader with a ``sampler`` (to warn about shuffled
+    #: validation data); None sends it to ``sampler``, as for a :class:`~torch.utils.data.DataLoader` without one.
+    batch_sampler = None
+
     def __init__(
         self, x: Tensor, y: Tensor, noisy: Tensor, batch_size: int, sampler: IndexSampler, drop_last: bool = False
     ) -> None:
