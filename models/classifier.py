@@ -23,8 +23,8 @@ from torchmetrics import Metric
 from memo_callbacks.utilities import unpack_batch
 from models.networks import MLP, Init, PaperCNN
 
-Units = Literal["pixels", "input"]
-_UNITS = ("pixels", "input")
+Unit = Literal["pixel", "input"]
+_UNITS = ("pixel", "input")
 
 
 class WeightedMean(Metric):
@@ -116,7 +116,7 @@ class MemorizationClassifier(LightningModule):
     the examples' dataset indices (their position in the batch when the batch carries none). LASS parameters are
     in 0-255 pixel units by default (the paper's r = 0.3, alpha = 0.25, beta = 0.2), converted per channel with
     ``pixel_scale / std`` of the datamodule (``dm.std``, ``dm.pixel_scale``) or of ``input_std`` / ``pixel_scale``;
-    with ``adversarial_units="input"`` they are used as given.
+    with ``adversarial_unit="input"`` they are used as given.
 
     **Input-gradient hook**: ``training_step`` feeds the batch's ``x`` to the network as given (no copy, no
     ``detach``), so a callback whose ``on_train_batch_start`` calls ``batch.x.requires_grad_(True)`` (for a dict,
@@ -134,7 +134,7 @@ class MemorizationClassifier(LightningModule):
         adversarial_radius: LASS's box radius ``r``.
         adversarial_step_size: LASS's step ``alpha``.
         adversarial_noise_std: LASS's noise std ``beta``.
-        adversarial_units: ``"pixels"`` (0-255 pixel units) or ``"input"`` (model-input units).
+        adversarial_unit: ``"pixel"`` (0-255 pixel units) or ``"input"`` (model-input units).
         adversarial_max_iter: LASS's iteration budget.
         adversarial_clip: keep adversarial inputs in the valid input range (``dm.input_bounds``).
         adversarial_seed: seeds LASS's noise.
@@ -159,7 +159,7 @@ class MemorizationClassifier(LightningModule):
         adversarial_radius: float = 0.3,
         adversarial_step_size: float = 0.25,
         adversarial_noise_std: float = 0.2,
-        adversarial_units: Units = "pixels",
+        adversarial_unit: Unit = "pixel",
         adversarial_max_iter: int = 100,
         adversarial_clip: bool = False,
         adversarial_seed: int = 0,
@@ -186,7 +186,7 @@ class MemorizationClassifier(LightningModule):
             ("adversarial_noise_std", adversarial_noise_std),
         ):
             _check(_is_real(value) and value >= 0, name, value, "a finite number >= 0")
-        _check(adversarial_units in _UNITS, "adversarial_units", adversarial_units, f"one of {_UNITS}")
+        _check(adversarial_unit in _UNITS, "adversarial_unit", adversarial_unit, f"one of {_UNITS}")
         _check(
             _is_int(adversarial_max_iter) and adversarial_max_iter >= 1,
             "adversarial_max_iter", adversarial_max_iter, "an integer >= 1",
@@ -242,13 +242,13 @@ class MemorizationClassifier(LightningModule):
     def _resolve_adversarial_units(self, dm: Any) -> None:
         """Per-channel pixel unit and clipping bounds from the datamodule, unless given as arguments."""
         hp = self.hparams
-        if hp.adversarial_units == "pixels" and hp.input_std is None:
+        if hp.adversarial_unit == "pixel" and hp.input_std is None:
             if dm is None or not hasattr(dm, "std"):
                 raise ValueError(
-                    "`adversarial_units='pixels'` needs the inputs' per-channel std to convert LASS's radius, step "
+                    "`adversarial_unit='pixel'` needs the inputs' per-channel std to convert LASS's radius, step "
                     "and noise: train with a datamodule exposing `std` and `pixel_scale` (as "
                     "datamodules.NoisyDataModule does), pass `input_std=`, or give them in model-input units with "
-                    "`adversarial_units='input'`"
+                    "`adversarial_unit='input'`"
                 )
             scale = dm.pixel_scale if hp.pixel_scale is None else hp.pixel_scale
             self._pixel_unit = (scale / torch.as_tensor(dm.std, dtype=torch.float32).reshape(-1)).to(self.device)
@@ -320,7 +320,7 @@ class MemorizationClassifier(LightningModule):
         from memo_callbacks.functional.lass import lass  # lazy: only adversarial training needs the LASS engine
 
         hp = self.hparams
-        if hp.adversarial_units == "pixels":
+        if hp.adversarial_unit == "pixel":
             if self._pixel_unit is None:
                 self._resolve_adversarial_units(None)  # raises: no datamodule to read the std from
             unit = self._pixel_unit.to(x.device).reshape(-1, *[1] * (x.dim() - 2))  # [C] -> [C, 1, ..., 1]
@@ -383,7 +383,7 @@ class MemorizationClassifier(LightningModule):
 def _optimiser_kwargs(local: dict[str, Any]) -> dict[str, Any]:
     names = (
         "lr", "momentum", "weight_decay", "lr_halving_epochs", "adversarial_weight", "adversarial_radius",
-        "adversarial_step_size", "adversarial_noise_std", "adversarial_units", "adversarial_max_iter",
+        "adversarial_step_size", "adversarial_noise_std", "adversarial_unit", "adversarial_max_iter",
         "adversarial_clip", "adversarial_seed", "input_std", "pixel_scale",
     )  # fmt: skip
     return {k: local[k] for k in names}
@@ -431,7 +431,7 @@ class MLPClassifier(MemorizationClassifier):
         adversarial_radius: float = 0.3,
         adversarial_step_size: float = 0.25,
         adversarial_noise_std: float = 0.2,
-        adversarial_units: Units = "pixels",
+        adversarial_unit: Unit = "pixel",
         adversarial_max_iter: int = 100,
         adversarial_clip: bool = False,
         adversarial_seed: int = 0,
@@ -488,7 +488,7 @@ class CNNClassifier(MemorizationClassifier):
         adversarial_radius: float = 0.3,
         adversarial_step_size: float = 0.25,
         adversarial_noise_std: float = 0.2,
-        adversarial_units: Units = "pixels",
+        adversarial_unit: Unit = "pixel",
         adversarial_max_iter: int = 100,
         adversarial_clip: bool = False,
         adversarial_seed: int = 0,

@@ -82,7 +82,7 @@ def test_adversarial_metrics_are_logged(tmp_path, fake_lass):
 
 def test_input_units_clip_and_iterations_pass_through(tmp_path, fake_lass):
     dm = NoisyDigits(subset=20, batch_size=20, seed=0)
-    model = CNNClassifier(SHAPE, 10, width=0.05, crop=1, adversarial_weight=0.3, adversarial_units="input",
+    model = CNNClassifier(SHAPE, 10, width=0.05, crop=1, adversarial_weight=0.3, adversarial_unit="input",
                           adversarial_radius=5.0, adversarial_step_size=1.0, adversarial_noise_std=0.5,
                           adversarial_max_iter=7, adversarial_clip=True)  # fmt: skip
     trainer(tmp_path).fit(model, dm)
@@ -108,14 +108,14 @@ def test_explicit_std_without_a_datamodule_and_positions_as_sample_ids(tmp_path,
 def test_pixel_units_without_std_is_a_clear_error(tmp_path, fake_lass):
     loader = DataLoader(TensorDataset(torch.randn(4, *SHAPE), torch.zeros(4, dtype=torch.long)), batch_size=4)
     model = MLPClassifier(SHAPE, 10, hidden=(8,), adversarial_weight=0.5)
-    with pytest.raises(ValueError, match=r"`adversarial_units='pixels'` needs the inputs' per-channel std"):
+    with pytest.raises(ValueError, match=r"`adversarial_unit='pixel'` needs the inputs' per-channel std"):
         trainer(tmp_path).fit(model, loader)
     model = MLPClassifier(
-        SHAPE, 10, hidden=(8,), adversarial_weight=0.5, adversarial_units="input", adversarial_clip=True
+        SHAPE, 10, hidden=(8,), adversarial_weight=0.5, adversarial_unit="input", adversarial_clip=True
     )
     with pytest.raises(ValueError, match=r"`adversarial_clip=True` needs the valid input range"):
         trainer(tmp_path).fit(model, loader)
-    with pytest.raises(ValueError, match=r"`adversarial_units='pixels'` needs"):  # outside a Trainer, too
+    with pytest.raises(ValueError, match=r"`adversarial_unit='pixel'` needs"):  # outside a Trainer, too
         MLPClassifier(SHAPE, 10, hidden=(8,), adversarial_weight=0.5).adversarial_examples(torch.zeros(2, *SHAPE))
     assert not fake_lass.calls
 

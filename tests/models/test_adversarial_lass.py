@@ -58,7 +58,7 @@ def test_loss_matches_an_independent_lass_call(tmp_path):
     torch.manual_seed(0)
     dm = NoisyDigits(noise="random_labels", noise_fraction=0.5, subset=60, batch_size=20, seed=0)
     lass_kwargs = dict(radius=1.0, step_size=0.5, noise_std=0.1, max_iter=10)  # large: most samples flip
-    model = MLPClassifier(SHAPE, 10, hidden=(32,), lr=0.1, adversarial_weight=0.5, adversarial_units="input",
+    model = MLPClassifier(SHAPE, 10, hidden=(32,), lr=0.1, adversarial_weight=0.5, adversarial_unit="input",
                           adversarial_radius=1.0, adversarial_step_size=0.5, adversarial_noise_std=0.1,
                           adversarial_max_iter=10, adversarial_seed=3)  # fmt: skip
     check = ExpectedLoss(0.5, lass_kwargs, seed=3)

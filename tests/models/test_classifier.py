@@ -130,7 +130,7 @@ def test_cnn_learning_rate_halves_every_15_epochs(tmp_path):
     [
         (MLPClassifier, dict(in_shape=SHAPE, num_classes=10, hidden=[12, 6], init="glorot_uniform", dropout=0.25,
                              input_noise_std=0.3, lr=0.02, momentum=0.5, weight_decay=1e-3, lr_halving_epochs=3,
-                             adversarial_weight=0.4, adversarial_radius=0.5, adversarial_units="input",
+                             adversarial_weight=0.4, adversarial_radius=0.5, adversarial_unit="input",
                              adversarial_max_iter=7, adversarial_seed=11)),
         (CNNClassifier, dict(in_shape=SHAPE, num_classes=10, width=0.05, crop=1, input_dropout=0.1,
                              hidden_noise_std=0.2, lr=0.03, lr_halving_epochs=None, input_std=[0.5], pixel_scale=0.01,
@@ -329,7 +329,7 @@ BAD = [
     (dict(adversarial_radius=-1.0), r"`adversarial_radius` must be a finite number >= 0, got -1.0"),
     (dict(adversarial_step_size=float("inf")), r"`adversarial_step_size` must be a finite number >= 0, got inf"),
     (dict(adversarial_noise_std=-0.2), r"`adversarial_noise_std` must be a finite number >= 0, got -0.2"),
-    (dict(adversarial_units="pixel"), r"`adversarial_units` must be one of \('pixels', 'input'\), got 'pixel'"),
+    (dict(adversarial_unit="pixels"), r"`adversarial_unit` must be one of \('pixel', 'input'\), got 'pixels'"),
     (dict(adversarial_max_iter=0), r"`adversarial_max_iter` must be an integer >= 1, got 0"),
     (dict(adversarial_max_iter=2.0), r"`adversarial_max_iter` must be an integer >= 1, got 2.0"),
     (dict(adversarial_clip="yes"), r"`adversarial_clip` must be a bool, got 'yes'"),
