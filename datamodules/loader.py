@@ -88,6 +88,10 @@ class TensorBatchLoader:
         drop_last: drop the last incomplete batch.
     """
 
+    #: Lightning inspects ``loader.batch_sampler`` of validation loaders (to warn about shuffling) whenever the loader
+    #: has a ``sampler``; batches are made here, so there is none.
+    batch_sampler = None
+
     def __init__(
         self, x: Tensor, y: Tensor, noisy: Tensor, batch_size: int, sampler: IndexSampler, drop_last: bool = False
     ) -> None:

@@ -239,6 +239,9 @@ class ExampleDynamics(Callback):
             "loss": h.loss,
             "noisy": self._noisy,
             "noisy_from_datamodule": self._noisy_from_datamodule,
+            # a checkpoint taken after the epoch's last batch but before its end hooks (at validation end) resumes
+            # into those hooks: the epoch must not be recorded again from empty statistics
+            "recorded_epoch": self._recorded_epoch,
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -248,6 +251,7 @@ class ExampleDynamics(Callback):
         self._loss = [row.to(self.loss_dtype) for row in state_dict["loss"].unbind(0)]
         self._noisy = state_dict["noisy"]
         self._noisy_from_datamodule = state_dict["noisy_from_datamodule"]
+        self._recorded_epoch = state_dict.get("recorded_epoch")
 
     # -------------------------------------------------------------------------------------------- helpers
     def _should_record(self, trainer: Trainer) -> bool:
