@@ -1,3 +1,37 @@
 """The maths of the callbacks as plain functions on tensors and modules, usable without a Trainer."""
 
-__all__: list[str] = []
+from memo_callbacks.functional.dynamics import (
+    clean_noisy_means,
+    dynamics_compute,
+    dynamics_update,
+    example_outcomes,
+    first_learned_epoch,
+    learned_for_good_epoch,
+)
+from memo_callbacks.functional.ensemble import (
+    EnsembleRun,
+    MLPParams,
+    binomial_reference,
+    init_mlp_params,
+    member_orders,
+    misclassification_rate,
+    mlp_forward,
+    train_ensemble,
+)
+
+__all__: list[str] = [
+    "EnsembleRun",
+    "MLPParams",
+    "binomial_reference",
+    "clean_noisy_means",
+    "dynamics_compute",
+    "dynamics_update",
+    "example_outcomes",
+    "first_learned_epoch",
+    "init_mlp_params",
+    "learned_for_good_epoch",
+    "member_orders",
+    "misclassification_rate",
+    "mlp_forward",
+    "train_ensemble",
+]
