@@ -88,6 +88,10 @@ class TensorBatchLoader:
         drop_last: drop the last incomplete batch.
     """
 
+    #: Lightning's validation loop inspects ``loader.batch_sampler`` (to warn about shuffled validation data) on any
+    #: loader with a ``sampler``; batches are made by indexing here, so there is none.
+    batch_sampler = None
+
     def __init__(
         self, x: Tensor, y: Tensor, noisy: Tensor, batch_size: int, sampler: IndexSampler, drop_last: bool = False
     ) -> None:
