@@ -124,28 +124,49 @@ def _stream_keys(seed: int, sample_ids: Tensor, step: Tensor | int) -> Tensor:
     return _fmix32((h + step * _GOLDEN) & _MASK32)
 
 
+def _signed64(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_SM_GAMMA, _SM_M1, _SM_M2 = (_signed64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shr(z: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
 def _normals(keys: Tensor, counters: Tensor, numel: int, dtype: torch.dtype) -> Tensor:
-    """``[B, numel]`` standard normals from ``[B]`` keys and ``[numel / 2 rounded up]`` counter offsets (Box-Muller)."""
-    bits1 = _fmix32((keys[:, None] + counters[None, :]) & _MASK32)  # [B, P]
-    bits2 = _fmix32(bits1 ^ 0x5BD1E995)
-    # 24 high bits -> u1 in (0, 1] (log-safe) and u2 in [0, 1), exact in float32.
-    u1 = ((bits1 >> 8) + 1).to(dtype) * 2.0**-24
-    u2 = (bits2 >> 8).to(dtype) * 2.0**-24
+    """``[B, numel]`` standard normals from ``[B]`` keys and ``[numel / 2 rounded up]`` counter offsets.
+
+    One splitmix64 finaliser per pair of coordinates (int64 products wrap modulo 2^64 on CPU and CUDA) gives 48
+    bits: 24 for ``u1`` in (0, 1] and 24 for ``u2`` in [0, 1), turned into two normals by Box-Muller.
+    """
+    z = keys[:, None] + counters[None, :]  # [B, P]
+    z = (z ^ _shr(z, 30)) * _SM_M1
+    z = (z ^ _shr(z, 27)) * _SM_M2
+    z = z ^ _shr(z, 31)
+    u1 = (_shr(z, 40) + 1).to(dtype) * 2.0**-24
+    u2 = (z & 0xFFFFFF).to(dtype) * 2.0**-24
     radius = torch.sqrt(-2.0 * torch.log(u1))
     angle = (2.0 * math.pi) * u2
-    z = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=2)  # [B, P, 2]
-    return z.flatten(1)[:, :numel]  # [B, 2P] -> [B, numel]
+    out = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=2)  # [B, P, 2]
+    return out.flatten(1)[:, :numel]  # [B, 2P] -> [B, numel]
 
 
 def _counters(numel: int, device: torch.device) -> Tensor:
-    return (torch.arange((numel + 1) // 2, dtype=torch.int64, device=device) * _GOLDEN) & _MASK32
+    """``[P]`` the Weyl sequence ``(p + 1) * gamma`` (mod 2^64) of splitmix64, one per pair of coordinates."""
+    p = torch.arange(1, (numel + 1) // 2 + 1, dtype=torch.int64, device=device)
+    return p * _SM_GAMMA
 
 
 def lass_noise(seed: int, sample_ids: Tensor, step: int | Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
     """The noise ``eta`` LASS adds at ``step`` to each sample: ``[B, *shape]`` standard normals.
 
     Coordinate ``j`` of sample ``i`` depends only on ``(seed, sample_ids[i], step, j)``: a murmur3 ``fmix32`` hash
-    chain computed in int64 (identical bits on CPU and CUDA), turned into normals by Box-Muller. ``step`` is an int
+    chain gives one 32-bit key per (seed, id, step), a splitmix64 finaliser of ``key + (j // 2 + 1) * gamma`` gives
+    the bits of coordinates ``j`` and ``j ^ 1`` (integer arithmetic in int64: identical bits on CPU and CUDA), and
+    Box-Muller turns them into normals. ``step`` is an int
     or a ``[B]`` tensor (one step per sample).
 
     Example:

@@ -31,10 +31,12 @@ def noise_py(seed: int, sample_id: int, step: int, j: int) -> float:
     h = fmix32_py(h ^ (sample_id & MASK))
     h = fmix32_py(h ^ ((sample_id >> 32) & MASK))
     key = fmix32_py((h + step * 0x9E3779B9) & MASK)
-    pair = j // 2
-    b1 = fmix32_py((key + (pair * 0x9E3779B9 & MASK)) & MASK)
-    b2 = fmix32_py(b1 ^ 0x5BD1E995)
-    u1, u2 = ((b1 >> 8) + 1) * 2.0**-24, (b2 >> 8) * 2.0**-24
+    m64 = (1 << 64) - 1
+    z = (key + (j // 2 + 1) * 0x9E3779B97F4A7C15) & m64  # splitmix64 of the pair's counter
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
+    z ^= z >> 31
+    u1, u2 = ((z >> 40) + 1) * 2.0**-24, (z & 0xFFFFFF) * 2.0**-24
     r = math.sqrt(-2.0 * math.log(u1))
     return r * (math.cos if j % 2 == 0 else math.sin)(2.0 * math.pi * u2)
 
