@@ -1,5 +1,6 @@
 """Lightning callbacks that measure memorization in deep networks (Arpit et al., ICML 2017)."""
 
+from memo_callbacks.critical_sample_ratio import CriticalSampleRatio
 from memo_callbacks.example_dynamics import DynamicsHistory, ExampleDynamics
 
-__all__: list[str] = ["DynamicsHistory", "ExampleDynamics"]
+__all__: list[str] = ["CriticalSampleRatio", "DynamicsHistory", "ExampleDynamics"]

@@ -1,0 +1,303 @@
+"""The critical sample ratio (Arpit et al., 2017, Section 4) of the model during training, logged to TensorBoard."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from pytorch_lightning import Callback, LightningModule, Trainer
+from torch import Tensor
+from torch.utils.data import default_collate
+
+from memo_callbacks.functional.lass import lass, pixels_to_input_units
+from memo_callbacks.utilities import BatchAdapter, all_reduce_sum, find_tensorboard, rank_shard, unpack_batch
+
+Unit = Literal["pixel", "input"]
+_UNITS = ("pixel", "input")
+
+
+@dataclass
+class _Split:
+    """The examples of one split this rank searches: inputs, dataset indices and a group (0 clean, 1 noisy)."""
+
+    name: str
+    x: Tensor
+    ids: Tensor
+    noisy: Tensor | None
+
+
+class CriticalSampleRatio(Callback):
+    """Logs the share of samples that have an adversarial example within an L-infinity box (found by LASS).
+
+    Every ``every_n_epochs`` epochs, at the end of validation (never during the sanity check), it runs
+    :func:`~memo_callbacks.functional.lass` on a fixed seeded subset of the clean validation set and logs
+
+    - ``csr/val``: critical samples / samples examined;
+    - ``csr/val_iterations``: mean number of LASS steps to a flip, over the critical samples;
+    - a TensorBoard histogram ``csr/val_iterations_hist`` of those step counts (when a TensorBoard logger is used);
+
+    and, with ``train=True``, the same for a seeded subset of the training set (``csr/train``), split into
+    ``csr/train_clean`` and ``csr/train_noisy`` when the datamodule says which examples are noisy.
+
+    **Where the data comes from.** If ``trainer.datamodule`` holds the split as tensors (``val_x``/``val_y``,
+    ``train_x``/``train_y``, as the datamodules of this project do), the subset is indexed from them directly.
+    Otherwise the examples are read from the map-style dataset of the Trainer's (first) validation or training
+    dataloader, ``dataset[i]`` for each chosen index, collated with :func:`~torch.utils.data.default_collate` and
+    read by :func:`~memo_callbacks.utilities.unpack_batch`: ``(x, y)``, ``(x, y, index)``, ``(x, y, index, noisy)``
+    or dicts; pass ``batch_adapter`` for any other format. The subset is ``randperm(N)[:num_samples]`` of a
+    generator seeded by ``seed``: the same examples every epoch and on every rank. The noise stream is keyed by
+    dataset index, so the same example gets the same noise every epoch (common random numbers: epoch-to-epoch
+    changes of the curve come from the model, not from the noise).
+
+    **Units.** With ``unit="pixel"`` (default) ``radius``, ``step_size`` and ``noise_std`` are on the 0-255 pixel
+    scale (the paper's r = 0.3, alpha = 0.25, beta = 0.2) and converted per channel with the inputs' ``std`` and
+    ``pixel_scale``, taken from the arguments or else from the datamodule (``dm.std``, ``dm.pixel_scale``); with
+    ``unit="input"`` they are used as given. ``clip="auto"`` keeps the search inside ``dm.input_bounds`` when the
+    datamodule has them.
+
+    **DDP.** Each rank searches its disjoint strided share of the subset (no padding: every example on exactly one
+    rank); the counts are summed exactly (int64) on every rank after the search, so every rank logs the same value.
+
+    Args:
+        num_samples: validation examples examined (None: all of them).
+        every_n_epochs: run at the end of every n-th epoch's validation.
+        radius, step_size, noise_std: LASS's r, alpha and beta, in ``unit``.
+        unit: ``"pixel"`` (0-255 scale) or ``"input"`` (model-input units).
+        max_iter: LASS steps per sample.
+        seed: chooses the subsets and seeds the LASS noise.
+        batch_size: samples searched at once per rank.
+        train: also measure on the training set.
+        num_train_samples: training examples examined (None: all of them).
+        input_std: ``[C]`` per-channel std of the inputs (pixel units); default from the datamodule.
+        pixel_scale: one pixel unit in raw input units; default ``dm.pixel_scale``, else 1/255.
+        clip: ``"auto"``, a ``(low, high)`` pair in input units (floats or ``[C]`` tensors), or None.
+        batch_adapter: turns one collated dataset batch into a :class:`~memo_callbacks.utilities.ParsedBatch`.
+
+    Example:
+        >>> csr = CriticalSampleRatio(num_samples=500, every_n_epochs=5, train=True)
+        >>> csr.state_key
+        "CriticalSampleRatio{'num_samples': 500, 'seed': 0, 'radius': 0.3, 'unit': 'pixel', 'train': True}"
+    """
+
+    def __init__(
+        self,
+        num_samples: int | None = 1000,
+        every_n_epochs: int = 1,
+        radius: float = 0.3,
+        step_size: float = 0.25,
+        noise_std: float = 0.2,
+        unit: Unit = "pixel",
+        max_iter: int = 100,
+        seed: int = 0,
+        batch_size: int = 256,
+        train: bool = False,
+        num_train_samples: int | None = 1000,
+        input_std: float | Sequence[float] | Tensor | None = None,
+        pixel_scale: float | None = None,
+        clip: Literal["auto"] | tuple[float | Tensor, float | Tensor] | None = "auto",
+        batch_adapter: BatchAdapter | None = None,
+    ) -> None:
+        for name, value in (("num_samples", num_samples), ("num_train_samples", num_train_samples)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be a positive integer or None (all examples), got {value!r}")
+        for name, value in (("every_n_epochs", every_n_epochs), ("max_iter", max_iter), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+        for name, value in (("radius", radius), ("step_size", step_size), ("noise_std", noise_std)):
+            if not isinstance(value, (int, float)) or not value >= 0:
+                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}")
+        if unit not in _UNITS:
+            raise ValueError(f"`unit` must be one of {_UNITS}, got {unit!r}")
+        if pixel_scale is not None and not pixel_scale > 0:
+            raise ValueError(f"`pixel_scale` must be > 0, got {pixel_scale!r}")
+        if input_std is not None:
+            input_std = torch.as_tensor(input_std, dtype=torch.float32).flatten()
+            if input_std.numel() == 0 or bool((input_std <= 0).any()):
+                raise ValueError(f"`input_std` must be non-empty and > 0, got {input_std.tolist()}")
+        if not (clip is None or clip == "auto" or (isinstance(clip, (tuple, list)) and len(clip) == 2)):
+            raise ValueError(f"`clip` must be 'auto', a (low, high) pair or None, got {clip!r}")
+        if batch_adapter is not None and not callable(batch_adapter):
+            raise TypeError(f"`batch_adapter` must be callable, got {type(batch_adapter).__name__}")
+        self.num_samples = num_samples
+        self.every_n_epochs = every_n_epochs
+        self.radius, self.step_size, self.noise_std = float(radius), float(step_size), float(noise_std)
+        self.unit = unit
+        self.max_iter = max_iter
+        self.seed = seed
+        self.batch_size = batch_size
+        self.train = train
+        self.num_train_samples = num_train_samples
+        self.input_std = input_std
+        self.pixel_scale = pixel_scale
+        self.clip = clip
+        self.batch_adapter = batch_adapter
+        #: One entry per measurement: ``{"epoch", "global_step", "csr/val", ...}``; saved in checkpoints.
+        self.history: list[dict[str, float | int]] = []
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(
+            num_samples=self.num_samples, seed=self.seed, radius=self.radius, unit=self.unit, train=self.train
+        )
+
+    # ----------------------------------------------------------------------------------------------- Lightning
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if self.unit == "pixel" and self.input_std is None and not _has(trainer.datamodule, "std"):
+            raise ValueError(
+                "CriticalSampleRatio(unit='pixel') needs the inputs' per-channel std to convert pixel units: pass "
+                "`input_std=[...]` (and `pixel_scale`), use a datamodule with a `std` attribute, or give the "
+                "parameters in model-input units with `unit='input'`"
+            )
+
+    def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        if trainer.sanity_checking or not self._due(trainer):
+            return
+        self._measure(trainer, pl_module)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(entry) for entry in self.history]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(entry) for entry in state_dict["history"]]
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _due(self, trainer: Trainer) -> bool:
+        if trainer.state.fn != "fit":
+            return True  # trainer.validate(): measure once
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def _measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        splits = [self._load(trainer, "val", self.num_samples)]
+        if self.train:
+            splits.append(self._load(trainer, "train", self.num_train_samples))
+        entry: dict[str, float | int] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
+        writer = find_tensorboard(trainer) if trainer.is_global_zero else None
+        for split in splits:
+            counts, hist = self._search(pl_module, split, trainer.datamodule)  # local: [2 groups, 3], [max_iter + 1]
+            counts, hist = all_reduce_sum(trainer, counts), all_reduce_sum(trainer, hist)  # every rank, exact
+            entry.update(self._summarise(split, counts))
+            if writer is not None and int(hist.sum()) > 0:
+                self._log_histogram(writer, f"csr/{split.name}_iterations_hist", hist, trainer.global_step)
+        self.history.append(entry)
+        for key, value in entry.items():
+            if key.startswith("csr/"):
+                pl_module.log(key, float(value), on_step=False, on_epoch=True, sync_dist=False)
+
+    def _search(self, pl_module: LightningModule, split: _Split, dm: Any) -> tuple[Tensor, Tensor]:
+        x = split.x
+        r, alpha, beta = (self._to_input_units(v, x, dm) for v in (self.radius, self.step_size, self.noise_std))
+        out = lass(
+            pl_module, x, radius=r, step_size=alpha, noise_std=beta, max_iter=self.max_iter, seed=self.seed,
+            sample_ids=split.ids, clip=self._clip_bounds(x, dm), batch_size=self.batch_size,
+        )
+        critical, iterations = out.critical.cpu(), out.iterations.cpu()
+        group = split.noisy.long() if split.noisy is not None else torch.zeros(len(x), dtype=torch.long)
+        counts = torch.zeros(2, 3, dtype=torch.int64)  # per group: critical, examined, sum of steps to a flip
+        counts[:, 0] = torch.bincount(group, weights=critical.double(), minlength=2).long()
+        counts[:, 1] = torch.bincount(group, minlength=2)
+        counts[:, 2] = torch.bincount(group, weights=(iterations * critical).double(), minlength=2).long()
+        hist = torch.bincount(iterations[critical], minlength=self.max_iter + 1)  # [max_iter + 1], index 0 unused
+        return counts, hist
+
+    def _summarise(self, split: _Split, counts: Tensor) -> dict[str, float]:
+        total = counts.sum(0)
+        out = {f"csr/{split.name}": _ratio(total[0], total[1]), f"csr/{split.name}_iterations": _ratio(total[2], total[0])}
+        if split.noisy is not None:
+            for g, part in ((0, "clean"), (1, "noisy")):
+                if int(counts[g, 1]) > 0:
+                    out[f"csr/{split.name}_{part}"] = _ratio(counts[g, 0], counts[g, 1])
+        return out
+
+    def _log_histogram(self, writer: Any, tag: str, hist: Tensor, step: int) -> None:
+        steps = torch.arange(hist.numel(), dtype=torch.float64)
+        counts = hist.double()
+        nonzero = counts.nonzero().flatten()
+        writer.add_histogram_raw(
+            tag,
+            min=float(nonzero.min()),
+            max=float(nonzero.max()),
+            num=int(hist.sum()),
+            sum=float((steps * counts).sum()),
+            sum_squares=float((steps**2 * counts).sum()),
+            bucket_limits=(steps[1:] + 0.5).tolist(),  # bucket t holds the samples that flipped at step t
+            bucket_counts=counts[1:].tolist(),
+            global_step=step,
+        )
+
+    # ------------------------------------------------------------------------------------------------- the data
+    def _load(self, trainer: Trainer, split: Literal["val", "train"], num: int | None) -> _Split:
+        dm = trainer.datamodule
+        xs, ys = getattr(dm, f"{split}_x", None), getattr(dm, f"{split}_y", None)
+        if isinstance(xs, Tensor) and isinstance(ys, Tensor):
+            n = xs.shape[0]
+            ids = self._shard(trainer, n, num)
+            noisy = None
+            if split == "train":
+                mask = getattr(dm, "noisy_mask", None)
+                if not isinstance(mask, Tensor):
+                    mask = getattr(dm, "train_noisy", None)
+                noisy = mask[ids.to(mask.device)].cpu().bool() if isinstance(mask, Tensor) else None
+            return _Split(split, xs[ids.to(xs.device)], ids, noisy)
+        dataset = self._dataset(trainer, split)
+        ids = self._shard(trainer, len(dataset), num)
+        if len(ids) == 0:  # an empty shard (fewer examples than ranks): shape from one example
+            probe = unpack_batch(default_collate([dataset[0]]), self.batch_adapter)
+            return _Split(split, probe.x[:0], ids, probe.noisy[:0] if probe.noisy is not None else None)
+        batch = unpack_batch(default_collate([dataset[i] for i in ids.tolist()]), self.batch_adapter)
+        noisy = batch.noisy.bool().cpu() if (split == "train" and batch.noisy is not None) else None
+        return _Split(split, batch.x, ids, noisy)
+
+    def _shard(self, trainer: Trainer, n: int, num: int | None) -> Tensor:
+        generator = torch.Generator().manual_seed(self.seed)
+        chosen = torch.randperm(n, generator=generator)[: min(num, n) if num is not None else n].sort().values
+        return rank_shard(chosen, trainer.global_rank, trainer.world_size)
+
+    @staticmethod
+    def _dataset(trainer: Trainer, split: Literal["val", "train"]) -> Any:
+        loaders = trainer.val_dataloaders if split == "val" else trainer.train_dataloader
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if loaders else None
+        elif isinstance(loaders, dict):
+            loaders = next(iter(loaders.values()), None)
+        dataset = getattr(loaders, "dataset", None)
+        if dataset is None or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+            raise TypeError(
+                f"CriticalSampleRatio cannot read the {split} examples: the datamodule has no `{split}_x`/`{split}_y` "
+                f"tensors and the {split} dataloader ({type(loaders).__name__}) has no map-style `dataset` "
+                "(with __getitem__ and __len__)"
+            )
+        return dataset
+
+    # ------------------------------------------------------------------------------------------------ the units
+    def _to_input_units(self, value: float, x: Tensor, dm: Any) -> float | Tensor:
+        if self.unit == "input":
+            return value
+        std = self.input_std if self.input_std is not None else torch.as_tensor(dm.std, dtype=torch.float32)
+        scale = self.pixel_scale or float(getattr(dm, "pixel_scale", 1 / 255))
+        return pixels_to_input_units(value, std.cpu(), scale, ndim=x.dim() - 1)
+
+    def _clip_bounds(self, x: Tensor, dm: Any) -> tuple[Tensor, Tensor] | None:
+        if self.clip is None:
+            return None
+        if self.clip == "auto":
+            bounds = getattr(dm, "input_bounds", None) if _has(dm, "input_bounds") else None
+            if bounds is None:
+                return None
+            low, high = bounds
+        else:
+            low, high = self.clip
+        shape = (-1, *([1] * (x.dim() - 2)))
+        return tuple(torch.as_tensor(b, dtype=torch.float32).cpu().reshape(shape) for b in (low, high))  # [C, 1, ..]
+
+
+def _ratio(num: Tensor, den: Tensor) -> float:
+    return float(num) / float(den) if int(den) > 0 else float("nan")
+
+
+def _has(obj: Any, name: str) -> bool:
+    """``hasattr`` that also treats a property raising (e.g. "not set up yet") as present."""
+    if obj is None:
+        return False
+    return hasattr(type(obj), name) or name in getattr(obj, "__dict__", {})

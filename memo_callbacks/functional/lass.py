@@ -1,0 +1,453 @@
+"""Langevin Adversarial Sample Search (LASS), the search behind the critical sample ratio of Arpit et al. (2017).
+
+A sample ``x`` is *critical* when some ``x_hat`` with ``||x_hat - x||_inf <= r`` is classified differently from
+``x`` itself. LASS looks for such an ``x_hat`` by noisy signed-gradient ascent of the cross-entropy of the class
+predicted at ``x`` (Algorithm 1 of the paper, with the details of the first author's code):
+
+.. code-block:: text
+
+    c  = argmax f(x)                                          # the reference: the predicted class, not the label
+    x~ = x
+    for t = 1 .. max_iter:
+        x~ = x~ + step_size * sign(grad_x~ CE(f(x~), c)) + noise_std * eta_t      # eta_t ~ N(0, I)
+        x~ = clip(clamp(x~, x - r, x + r))                                          # back into the box
+        if argmax f(x~) != c: critical, stop (iterations = t)
+
+**Where the check happens.** The forward pass at the iterate ``x~_t`` serves twice: its ``argmax`` is the flip check
+of step ``t`` and its cross-entropy is differentiated for step ``t + 1``. The forward at the clean ``x`` gives the
+reference and the first gradient. A sample that never flips costs ``max_iter + 1`` forward and backward passes;
+one that flips at step ``t`` costs ``t + 1``.
+
+**Engine.** A fixed number of *slots* (``batch_size`` rows) holds samples at different stages of their search; the
+moment a sample finishes its slot is refilled from the queue of unstarted samples (and the batch is compacted once
+the queue is empty), so no row of any forward pass is spent on a finished sample. Samples stop individually: the
+original code's batch-level "stop when fewer than 20 new samples flip" heuristic, which biases the ratio, is not
+used. Gradients are taken with :func:`torch.autograd.grad` with respect to the input only: parameters never get a
+``.grad``.
+
+**Determinism.** The noise of sample ``i`` at step ``t`` is a counter-based hash of ``(seed, sample_ids[i], t)`` and
+the coordinate (:func:`lass_noise`), so results do not depend on the batch size, the order slots are refilled in,
+or how samples are sharded over processes (up to rounding differences of the model's forward pass between batch
+compositions). The global RNG is never touched.
+
+**Precision.** ``r = 0.3 / 255`` is below one bf16 rounding step of values near 1, so the search runs in float32 (or
+float64 for a float64 model) with autocast disabled and TF32/bf16 reduced-precision matmuls and convolutions off,
+whatever the Trainer uses; the flags are restored afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from memo_callbacks.utilities.state import preserved_state
+
+__all__ = ["LassResult", "lass", "lass_noise", "pixels_to_input_units"]
+
+_MASK32 = 0xFFFFFFFF
+_GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: the Weyl increment that spreads counters over 32 bits
+_WARNED: set[str] = set()
+
+
+@dataclass(frozen=True)
+class LassResult:
+    """The outcome of :func:`lass` for ``N`` samples, on the device the search ran on.
+
+    Attributes:
+        critical: ``[N]`` bool, the prediction changed within ``max_iter`` steps.
+        iterations: ``[N]`` int64, the step (1..max_iter) at which it changed; ``max_iter`` where it never did.
+        predicted: ``[N]`` int64, the argmax at the clean input (the reference class).
+        adversarial: ``[N, ...]`` the first iterate whose prediction differs (the last iterate where none did), or
+            None unless ``return_adversarial``.
+    """
+
+    critical: Tensor
+    iterations: Tensor
+    predicted: Tensor
+    adversarial: Tensor | None = None
+
+
+def pixels_to_input_units(value: float | Tensor, std: float | Tensor, pixel_scale: float = 1 / 255, ndim: int = 3) -> Tensor:
+    """Convert a distance in 0-255 pixel units into model-input units, per channel.
+
+    A model fed ``(raw - mean) / std`` with raw values in [0, 1] sees one pixel unit as ``pixel_scale / std``.
+
+    Args:
+        value: the distance in pixel units (e.g. LASS's r = 0.3).
+        std: ``[C]`` (or scalar) per-channel std the inputs were divided by.
+        pixel_scale: one pixel unit in raw input units (1/255 for inputs in [0, 1], 1 for inputs in [0, 255]).
+        ndim: number of dimensions of one sample (3 for ``[C, H, W]`` images): the result is ``[C, 1, ..., 1]``.
+
+    Returns:
+        ``[C, 1, ..., 1]`` float tensor broadcastable to one sample.
+
+    Example:
+        >>> pixels_to_input_units(0.3, torch.tensor([0.5, 0.25])).flatten()
+        tensor([0.0024, 0.0047])
+    """
+    if pixel_scale <= 0:
+        raise ValueError(f"`pixel_scale` must be > 0, got {pixel_scale}")
+    std = torch.as_tensor(std, dtype=torch.float64).flatten()
+    if std.numel() == 0 or bool((std <= 0).any()):
+        raise ValueError(f"`std` must be non-empty and > 0, got {std.tolist()}")
+    if ndim < 1:
+        raise ValueError(f"`ndim` must be >= 1, got {ndim}")
+    value = torch.as_tensor(value, dtype=torch.float64)
+    out = value * pixel_scale / std  # [C]
+    return out.to(torch.float32).reshape(-1, *([1] * (ndim - 1)))  # [C, 1, ..., 1]
+
+
+# ---------------------------------------------------------------------------------------------------------- noise
+def _fmix32(h: Tensor) -> Tensor:
+    """murmur3's 32-bit finaliser on int64 tensors holding 32-bit values (products wrap; the mask keeps 32 bits)."""
+    h = h ^ (h >> 16)
+    h = (h * 0x85EBCA6B) & _MASK32
+    h = h ^ (h >> 13)
+    h = (h * 0xC2B2AE35) & _MASK32
+    return h ^ (h >> 16)
+
+
+def _stream_keys(seed: int, sample_ids: Tensor, step: Tensor | int) -> Tensor:
+    """``[B]`` one 32-bit key per (seed, sample id, step), in int64."""
+    ids = sample_ids.long()
+    step = torch.as_tensor(step, dtype=torch.int64, device=ids.device)
+    h = _fmix32(torch.full_like(ids, (seed & _MASK32) ^ ((seed >> 32) & _MASK32) * 0x27D4EB2F & _MASK32))
+    h = _fmix32(h ^ (ids & _MASK32))
+    h = _fmix32(h ^ ((ids >> 32) & _MASK32))
+    return _fmix32((h + step * _GOLDEN) & _MASK32)
+
+
+def _signed64(c: int) -> int:
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_SM_GAMMA, _SM_M1, _SM_M2 = (_signed64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
+
+
+def _shr(z: Tensor, s: int) -> Tensor:
+    """Logical right shift of int64 bit patterns (torch's ``>>`` is arithmetic)."""
+    return (z >> s) & ((1 << (64 - s)) - 1)
+
+
+def _normals(keys: Tensor, counters: Tensor, numel: int, dtype: torch.dtype) -> Tensor:
+    """``[B, numel]`` standard normals from ``[B]`` keys and ``[numel / 2 rounded up]`` counter offsets.
+
+    One splitmix64 finaliser per pair of coordinates (int64 products wrap modulo 2^64 on CPU and CUDA) gives 48
+    bits: 24 for ``u1`` in (0, 1] and 24 for ``u2`` in [0, 1), turned into two normals by Box-Muller.
+    """
+    z = keys[:, None] + counters[None, :]  # [B, P]
+    z = (z ^ _shr(z, 30)) * _SM_M1
+    z = (z ^ _shr(z, 27)) * _SM_M2
+    z = z ^ _shr(z, 31)
+    u1 = (_shr(z, 40) + 1).to(dtype) * 2.0**-24
+    u2 = (z & 0xFFFFFF).to(dtype) * 2.0**-24
+    radius = torch.sqrt(-2.0 * torch.log(u1))
+    angle = (2.0 * math.pi) * u2
+    out = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=2)  # [B, P, 2]
+    return out.flatten(1)[:, :numel]  # [B, 2P] -> [B, numel]
+
+
+def _counters(numel: int, device: torch.device) -> Tensor:
+    """``[P]`` the Weyl sequence ``(p + 1) * gamma`` (mod 2^64) of splitmix64, one per pair of coordinates."""
+    p = torch.arange(1, (numel + 1) // 2 + 1, dtype=torch.int64, device=device)
+    return p * _SM_GAMMA
+
+
+def lass_noise(seed: int, sample_ids: Tensor, step: int | Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
+    """The noise ``eta`` LASS adds at ``step`` to each sample: ``[B, *shape]`` standard normals.
+
+    Coordinate ``j`` of sample ``i`` depends only on ``(seed, sample_ids[i], step, j)``: a murmur3 ``fmix32`` hash
+    chain gives one 32-bit key per (seed, id, step), a splitmix64 finaliser of ``key + (j // 2 + 1) * gamma`` gives
+    the bits of coordinates ``j`` and ``j ^ 1`` (integer arithmetic in int64: identical bits on CPU and CUDA), and
+    Box-Muller turns them into normals. ``step`` is an int
+    or a ``[B]`` tensor (one step per sample).
+
+    Example:
+        >>> a = lass_noise(0, torch.tensor([3, 7]), 1, (2, 2))
+        >>> torch.equal(a[1], lass_noise(0, torch.tensor([7]), 1, (2, 2))[0])
+        True
+    """
+    numel = math.prod(shape)
+    keys = _stream_keys(seed, sample_ids, step)
+    return _normals(keys, _counters(numel, sample_ids.device), numel, dtype).reshape(-1, *shape)
+
+
+# ------------------------------------------------------------------------------------------------------ precision
+def _precision_targets() -> list:
+    b = torch.backends
+    return [t for t in (b.cuda.matmul, b.cudnn.conv, b.cudnn.rnn, b.mkldnn.matmul, b.mkldnn.conv, b.mkldnn.rnn)
+            if hasattr(t, "fp32_precision")]
+
+
+@contextlib.contextmanager
+def full_float32_precision() -> Iterator[None]:
+    """Turn TF32 (and oneDNN bf16) reduced-precision float32 matmuls and convolutions off; restore them on exit.
+
+    Uses the per-backend ``fp32_precision`` settings where torch has them (mixing them with the legacy
+    ``allow_tf32`` flags makes torch raise), else the legacy flags.
+    """
+    targets = _precision_targets()
+    if targets:
+        saved = [(t, t.fp32_precision) for t in targets]
+        try:
+            for t, _ in saved:
+                t.fp32_precision = "ieee"
+            yield
+        finally:
+            for t, value in saved:
+                t.fp32_precision = value
+    else:  # pragma: no cover - torch < 2.9
+        matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        try:
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+def _warn_once(message: str) -> None:
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=3)
+
+
+# ----------------------------------------------------------------------------------------------------- validation
+def _as_box_tensor(name: str, value: float | Tensor, sample_shape: torch.Size, allow_negative: bool = False) -> Tensor:
+    t = torch.as_tensor(value).detach()
+    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
+        raise TypeError(f"`{name}` must be a float or a floating tensor, got dtype {t.dtype}")
+    try:
+        broadcast = torch.broadcast_shapes(t.shape, sample_shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != sample_shape:
+        raise ValueError(
+            f"`{name}` must be a float or a tensor broadcastable to one sample's shape {tuple(sample_shape)}, "
+            f"got shape {tuple(t.shape)}"
+        )
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"`{name}` must be finite, got {t.flatten()[:8].tolist()}")
+    if not allow_negative and bool((t < 0).any()):
+        raise ValueError(f"`{name}` must be >= 0, got {t.flatten()[:8].tolist()}")
+    return t
+
+
+def _model_dtype_device(model: nn.Module, x: Tensor) -> tuple[torch.dtype, torch.device]:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype, p.device
+    for b in model.buffers():
+        if b.is_floating_point():
+            return b.dtype, b.device
+    return (x.dtype if x.is_floating_point() else torch.float32), x.device
+
+
+# ---------------------------------------------------------------------------------------------------------- engine
+def lass(
+    model: nn.Module,
+    x: Tensor,
+    *,
+    radius: float | Tensor,
+    step_size: float | Tensor,
+    noise_std: float | Tensor,
+    max_iter: int = 100,
+    seed: int = 0,
+    sample_ids: Tensor | None = None,
+    clip: tuple[float | Tensor, float | Tensor] | None = None,
+    batch_size: int | None = None,
+    return_adversarial: bool = False,
+) -> LassResult:
+    """Search each sample's L-infinity box for an input the model classifies differently (LASS).
+
+    All distances are in model-input units (see :func:`pixels_to_input_units` for the paper's pixel units:
+    r = 0.3, step 0.25, noise 0.2 on the 0-255 scale). The model is run in eval mode; its train/eval modes, the
+    grad mode, the RNGs and the float32 precision flags are restored afterwards. Works inside
+    ``torch.inference_mode()`` and ``torch.no_grad()``.
+
+    Args:
+        model: maps ``[B, ...]`` inputs to ``[B, K]`` logits.
+        x: ``[N, ...]`` clean inputs (any device; moved batch by batch to the model's device).
+        radius: half-width ``r`` of the box, a float or a tensor broadcastable to ``x.shape[1:]`` (e.g. ``[C, 1, 1]``).
+        step_size: ``alpha``, the size of the signed-gradient step, same forms as ``radius``.
+        noise_std: ``beta``, the std of the Gaussian noise added each step, same forms as ``radius``.
+        max_iter: maximum number of steps per sample.
+        seed: seeds the noise stream.
+        sample_ids: ``[N]`` integer ids (e.g. dataset indices) that key each sample's noise; default ``arange(N)``.
+        clip: ``(low, high)`` valid input range (floats or tensors broadcastable to one sample), applied after the
+            box projection.
+        batch_size: number of samples searched at once (slots); default ``min(N, 256)``.
+        return_adversarial: also return the iterate at which each sample flipped (the last one where it did not).
+
+    Returns:
+        A :class:`LassResult` on the model's device.
+
+    Example:
+        >>> net = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+        >>> out = lass(net, torch.randn(5, 1, 2, 2, generator=torch.Generator().manual_seed(0)),
+        ...            radius=10.0, step_size=1.0, noise_std=0.1, max_iter=20)
+        >>> out.critical.tolist()
+        [True, True, True, True, True]
+    """
+    # ----- checks before any work
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be an nn.Module, got {type(model).__name__}")
+    if not isinstance(x, Tensor) or x.dim() < 2:
+        raise ValueError(f"`x` must be a [N, ...] tensor with at least 2 dimensions, got {getattr(x, 'shape', x)!r}")
+    if not x.is_floating_point():
+        raise TypeError(f"`x` must be a floating tensor, got dtype {x.dtype}")
+    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
+        raise ValueError(f"`max_iter` must be an integer >= 1, got {max_iter!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
+        raise ValueError(f"`batch_size` must be an integer >= 1 or None, got {batch_size!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"`seed` must be an int, got {seed!r}")
+    n, sample_shape = x.shape[0], x.shape[1:]
+    r = _as_box_tensor("radius", radius, sample_shape)
+    alpha = _as_box_tensor("step_size", step_size, sample_shape)
+    beta = _as_box_tensor("noise_std", noise_std, sample_shape)
+    if sample_ids is None:
+        sample_ids = torch.arange(n)
+    elif not isinstance(sample_ids, Tensor) or sample_ids.shape != (n,) or sample_ids.is_floating_point() or sample_ids.dtype == torch.bool:
+        raise ValueError(
+            f"`sample_ids` must be an [N]=[{n}] integer tensor, got "
+            f"{tuple(sample_ids.shape) if isinstance(sample_ids, Tensor) else type(sample_ids).__name__}"
+            f"{' of dtype ' + str(sample_ids.dtype) if isinstance(sample_ids, Tensor) else ''}"
+        )
+    low = high = None
+    if clip is not None:
+        if not isinstance(clip, (tuple, list)) or len(clip) != 2:
+            raise ValueError(f"`clip` must be a (low, high) pair or None, got {clip!r}")
+        low = _as_box_tensor("clip[0]", clip[0], sample_shape, allow_negative=True)
+        high = _as_box_tensor("clip[1]", clip[1], sample_shape, allow_negative=True)
+        if bool((torch.broadcast_tensors(low, high)[0] > torch.broadcast_tensors(low, high)[1]).any()):
+            raise ValueError(f"`clip` must have low <= high, got {clip!r}")
+
+    dtype, device = _model_dtype_device(model, x)
+    work_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    if dtype in (torch.float16, torch.bfloat16):
+        _warn_once(
+            f"LASS: the model's weights are {dtype}; its forward pass rounds inputs more coarsely than LASS's radius "
+            "(r = 0.3/255 is below one bf16 step near 1), so the critical sample ratio is unreliable. Evaluate a "
+            "float32 copy of the model (keep mixed precision to autocast, which LASS turns off)."
+        )
+    batch = min(n, 256) if batch_size is None else batch_size
+
+    with preserved_state(model), full_float32_precision(), torch.inference_mode(False), _no_autocast(device):
+        model.eval()
+        torch.set_grad_enabled(True)
+        return _search(
+            model, x, sample_ids, r, alpha, beta, low, high, max_iter, seed, batch, return_adversarial,
+            dtype, work_dtype, device,
+        )
+
+
+def _no_autocast(device: torch.device):
+    if device.type in ("cpu", "cuda", "xpu", "mps"):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()  # pragma: no cover
+
+
+def _search(
+    model: nn.Module, x: Tensor, sample_ids: Tensor, r: Tensor, alpha: Tensor, beta: Tensor, low: Tensor | None,
+    high: Tensor | None, max_iter: int, seed: int, batch: int, return_adversarial: bool, model_dtype: torch.dtype,
+    dtype: torch.dtype, device: torch.device,
+) -> LassResult:
+    n, sample_shape = x.shape[0], x.shape[1:]
+    numel = math.prod(sample_shape)
+    put = dict(device=device, dtype=dtype)
+    r, alpha, beta = r.to(**put), alpha.to(**put), beta.to(**put)
+    low = low.to(**put) if low is not None else None
+    high = high.to(**put) if high is not None else None
+    use_noise = bool((beta != 0).any())
+    ids_all = sample_ids.to(device, torch.int64)
+    counters = _counters(numel, device)
+
+    critical = torch.zeros(n, dtype=torch.bool, device=device)
+    iterations = torch.full((n,), max_iter, dtype=torch.int64, device=device)
+    predicted = torch.zeros(n, dtype=torch.int64, device=device)
+    adversarial = torch.empty((n, *sample_shape), **put) if return_adversarial else None
+    if n == 0:
+        return LassResult(critical, iterations, predicted, adversarial)
+
+    def load(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Clean points and box bounds ``[b, ...]`` of the samples ``rows`` (indices into x)."""
+        clean = x[rows.to(x.device)].detach().to(**put)  # a copy: never an inference tensor
+        lo, hi = clean - r, clean + r
+        if low is not None:  # clamp to [a, b] then to [c, d] == clamp to [clamp(a, c, d), clamp(b, c, d)]
+            lo, hi = torch.minimum(torch.maximum(lo, low), high), torch.minimum(torch.maximum(hi, low), high)
+        return clean, lo, hi
+
+    # Slot state: rows [0, active) are live. `slot` holds each row's sample (index into x), `step` its number of
+    # completed steps (0 = the clean point, whose forward pass sets the reference).
+    active = min(batch, n)
+    slot = torch.arange(active, device=device)
+    point, lo, hi = load(slot)
+    step = torch.zeros(active, dtype=torch.int64, device=device)
+    ref = torch.zeros(active, dtype=torch.int64, device=device)
+    queued = active  # next sample to start
+
+    while active > 0:
+        point.requires_grad_(True)
+        logits = model(point if model_dtype == dtype else point.to(model_dtype))
+        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != point.shape[0]:
+            raise ValueError(
+                f"`model` must return [B, K] logits for a [B, ...] input, got "
+                f"{tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__} for B={point.shape[0]}"
+            )
+        logits = logits.to(dtype)
+        pred = logits.detach().argmax(1)
+        fresh = step == 0
+        ref = torch.where(fresh, pred, ref)
+        flipped = (pred != ref) & ~fresh  # the check of step `step` (the clean point cannot flip)
+        done = flipped | (step >= max_iter)
+        done_rows = done.nonzero().squeeze(1)  # one host sync per iteration: decides the refill
+        if done_rows.numel() < active:
+            loss = F.cross_entropy(logits, ref, reduction="sum")
+            (grad,) = torch.autograd.grad(loss, point)
+        point = point.detach()
+
+        if done_rows.numel() > 0:
+            finished = slot[done_rows]
+            critical[finished] = flipped[done_rows]
+            iterations[finished] = step[done_rows]
+            predicted[finished] = ref[done_rows]
+            if adversarial is not None:
+                adversarial[finished] = point[done_rows]
+        if done_rows.numel() < active:  # rows that finished are stepped too, then replaced: cheaper than selecting
+            _ascend(point, grad, alpha, beta if use_noise else None, lo, hi, seed, ids_all[slot], step + 1, counters)
+        step = step + 1
+        if done_rows.numel() == 0:
+            continue
+        # Refill finished slots from the queue; compact once it is empty.
+        refill = min(done_rows.numel(), n - queued)
+        if refill > 0:
+            rows, new = done_rows[:refill], torch.arange(queued, queued + refill, device=device)
+            queued += refill
+            point[rows], lo[rows], hi[rows] = load(new)
+            slot[rows], step[rows] = new, 0
+            done[rows] = False
+        if refill < done_rows.numel():
+            live = (~done).nonzero().squeeze(1)
+            point, lo, hi, slot, step, ref = (t[live] for t in (point, lo, hi, slot, step, ref))
+            active = live.numel()
+
+    return LassResult(critical, iterations, predicted, adversarial)
+
+
+@torch.no_grad()
+def _ascend(point: Tensor, grad: Tensor, alpha: Tensor, beta: Tensor | None, lo: Tensor, hi: Tensor, seed: int,
+            ids: Tensor, step: Tensor, counters: Tensor) -> None:
+    """In place: ``x~ <- clamp(x~ + alpha * sign(grad) + beta * eta_step, lo, hi)``."""
+    point.addcmul_(alpha, grad.sign())
+    if beta is not None:
+        numel = point[0].numel()
+        eta = _normals(_stream_keys(seed, ids, step), counters, numel, point.dtype)  # [B, numel]
+        point.addcmul_(beta, eta.view_as(point))
+    torch.maximum(torch.minimum(point, hi, out=point), lo, out=point)
