@@ -158,3 +158,56 @@ def read_scalars(log_dir: str | os.PathLike, tag: str) -> list[tuple[int, float]
     if tag not in acc.Tags()["scalars"]:
         return []
     return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+class EpochMetrics(pl.Callback):
+    """Records the Trainer's epoch-level metrics (``trainer.callback_metrics``, already synced across ranks) after
+    every validation, so a script can plot curves without re-reading the event files."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        row = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        row["epoch"] = trainer.current_epoch
+        self.rows.append(row)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Training metrics are complete only now; merge them into this epoch's row.
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch:
+            self.rows[-1].update(metrics)
+        else:
+            self.rows.append({**metrics, "epoch": trainer.current_epoch})
+
+    def series(self, key: str) -> tuple[list[int], list[float]]:
+        pts = [(r["epoch"] + 1, r[key]) for r in self.rows if key in r]
+        return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def plot_panels(path: Path, panels: list[tuple[str, dict[str, tuple[list, list]]]], xlabel: str = "epoch",
+                title: str = "", logx: bool = False) -> None:
+    """One row of line plots: each panel is ``(ylabel, {curve name: (xs, ys)})``. Saved as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
+    for ax, (ylabel, curves) in zip(axes[0], panels):
+        for name, (xs, ys) in curves.items():
+            ax.plot(xs, ys, marker="o", markersize=3, label=name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        if logx:
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
