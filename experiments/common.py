@@ -166,6 +166,7 @@ class EpochMetrics(pl.Callback):
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
+        self.is_global_zero = True
 
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -211,3 +212,27 @@ def plot_panels(path: Path, panels: list[tuple[str, dict[str, tuple[list, list]]
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def build_classifier(kind: str, dm: NoisyDataModule, *, width: float = 1.0, hidden: tuple[int, ...] = (4096, 4096),
+                     **kwargs: Any) -> pl.LightningModule:
+    """The paper's CNN (``kind="cnn"``) or MLP (``"mlp"``) for a datamodule; kwargs go to the classifier
+    (optimisation and regularisers)."""
+    from models import CNNClassifier, MLPClassifier
+
+    if kind == "cnn":
+        return CNNClassifier(dm.input_shape, dm.num_classes, width=width, **kwargs)
+    if kind == "mlp":
+        return MLPClassifier(dm.input_shape, dm.num_classes, hidden=hidden, **kwargs)
+    raise SystemExit(f"--model must be cnn or mlp, got {kind!r}")
+
+
+def fit(run: RunArgs, figure: str, name: str, config: Any, dm: NoisyDataModule, model: pl.LightningModule,
+        epochs: int, callbacks: list | None = None, **extra: Any) -> EpochMetrics:
+    """Train one model, logging to ``<out>/<figure>/<name>``; returns its per-epoch metrics."""
+    metrics = EpochMetrics()
+    trainer = make_trainer(run, figure, name, epochs, [*(callbacks or []), metrics])
+    save_config(trainer, config, run, name=name, **extra)
+    trainer.fit(model, dm)
+    metrics.is_global_zero = trainer.global_rank == 0
+    return metrics

@@ -16,10 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import EpochMetrics, make_datamodule, make_trainer, parse_config, plot_panels, save_config
+from common import EpochMetrics, build_classifier, fit, make_datamodule, parse_config, plot_panels
 
 from memo_callbacks import CriticalSampleRatio
-from models import CNNClassifier, MLPClassifier
 
 
 @dataclass
@@ -48,13 +47,10 @@ QUICK = dict(dataset="digits", model="mlp", hidden=(512, 512), epochs=30, batch_
              lr_halving_epochs=0, csr_samples=297, radius=3.0)
 
 
-def build_model(cfg: Fig9Config, dm):
-    common = dict(lr=cfg.lr, momentum=cfg.momentum, lr_halving_epochs=cfg.lr_halving_epochs or None)
-    if cfg.model == "cnn":
-        return CNNClassifier(dm.input_shape, dm.num_classes, width=cfg.width, **common)
-    if cfg.model == "mlp":
-        return MLPClassifier(dm.input_shape, dm.num_classes, hidden=cfg.hidden, **common)
-    raise SystemExit(f"--model must be cnn or mlp, got {cfg.model!r}")
+def csr_callback(cfg) -> CriticalSampleRatio:
+    """LASS at radius ``cfg.radius`` (pixel units), with the paper's ratios of step and noise to radius."""
+    return CriticalSampleRatio(num_samples=cfg.csr_samples, radius=cfg.radius, step_size=cfg.radius * 0.25 / 0.3,
+                               noise_std=cfg.radius * 0.2 / 0.3, max_iter=cfg.max_iter, seed=cfg.seed)
 
 
 def main(argv: list[str] | None = None) -> dict[str, EpochMetrics]:
@@ -65,20 +61,15 @@ def main(argv: list[str] | None = None) -> dict[str, EpochMetrics]:
                              subset=cfg.subset or None, subset_mode="random")
         dm.prepare_data()
         dm.setup("fit")
-        model = build_model(cfg, dm)
-        metrics = EpochMetrics()
-        csr = CriticalSampleRatio(num_samples=min(cfg.csr_samples, dm.num_val), radius=cfg.radius,
-                                  step_size=cfg.radius * 0.25 / 0.3, noise_std=cfg.radius * 0.2 / 0.3,
-                                  max_iter=cfg.max_iter, seed=cfg.seed)
-        trainer = make_trainer(run, "fig9", variant, cfg.epochs, [csr, metrics])
-        save_config(trainer, cfg, run, variant=variant)
-        trainer.fit(model, dm)
+        model = build_classifier(cfg.model, dm, width=cfg.width, hidden=cfg.hidden, lr=cfg.lr,
+                                 momentum=cfg.momentum, lr_halving_epochs=cfg.lr_halving_epochs or None)
+        metrics = fit(run, "fig9", variant, cfg, dm, model, cfg.epochs, [csr_callback(cfg)])
         results[variant] = metrics
-        if trainer.global_rank == 0:
+        if metrics.is_global_zero:
             last = metrics.rows[-1]
             print(f"[fig9] {variant}: CSR {last.get('csr/val', float('nan')):.4f}, "
                   f"train acc {last.get('train/acc', float('nan')):.3f}, val acc {last.get('val/acc', float('nan')):.3f}")
-    if trainer.global_rank == 0:
+    if metrics.is_global_zero:
         out = Path(run.out) / "fig9" / "fig9.png"
         plot_panels(out, [
             ("CSR (validation)", {v: m.series("csr/val") for v, m in results.items()}),

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import default_collate
 
@@ -121,6 +122,7 @@ class CriticalSampleRatio(Callback):
         if batch_adapter is not None and not callable(batch_adapter):
             raise TypeError(f"`batch_adapter` must be callable, got {type(batch_adapter).__name__}")
         self.num_samples = num_samples
+        self._warned_small = False
         self.every_n_epochs = every_n_epochs
         self.radius, self.step_size, self.noise_std = float(radius), float(step_size), float(noise_std)
         self.unit = unit
@@ -250,6 +252,9 @@ class CriticalSampleRatio(Callback):
         return _Split(split, batch.x, ids, noisy)
 
     def _shard(self, trainer: Trainer, n: int, num: int | None) -> Tensor:
+        if num is not None and num > n and not self._warned_small:
+            rank_zero_warn(f"CriticalSampleRatio: {num} samples asked for but the split has {n}; examining all {n}")
+            self._warned_small = True
         generator = torch.Generator().manual_seed(self.seed)
         chosen = torch.randperm(n, generator=generator)[: min(num, n) if num is not None else n].sort().values
         return rank_shard(chosen, trainer.global_rank, trainer.world_size)

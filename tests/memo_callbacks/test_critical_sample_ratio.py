@@ -218,3 +218,18 @@ def test_pixel_units_need_a_std(tmp_path: Path):
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         CriticalSampleRatio(**kwargs)
+
+
+def test_more_samples_than_the_split_warns_and_examines_all():
+    import pytorch_lightning as pl
+
+    from datamodules import NoisyDigits
+    from memo_callbacks import CriticalSampleRatio
+    from models import MLPClassifier
+
+    dm = NoisyDigits(subset=100, batch_size=50)
+    csr = CriticalSampleRatio(num_samples=1000, max_iter=2, unit="input", radius=0.1, step_size=0.1, noise_std=0.0)
+    trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[csr], num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match="1000 samples asked for but the split has 297; examining all 297"):
+        trainer.fit(MLPClassifier((1, 8, 8), 10, hidden=(8,)), dm)
