@@ -214,11 +214,14 @@ def plot_panels(path: Path, panels: list[tuple[str, dict[str, tuple[list, list]]
     plt.close(fig)
 
 
-def build_classifier(kind: str, dm: NoisyDataModule, *, width: float = 1.0, hidden: tuple[int, ...] = (4096, 4096),
-                     **kwargs: Any) -> pl.LightningModule:
-    """The paper's CNN (``kind="cnn"``) or MLP (``"mlp"``) for a datamodule; kwargs go to the classifier
-    (optimisation and regularisers)."""
+def build_classifier(kind: str, dm: NoisyDataModule, *, seed: int, width: float = 1.0,
+                     hidden: tuple[int, ...] = (4096, 4096), **kwargs: Any) -> pl.LightningModule:
+    """The paper's CNN (``kind="cnn"``) or MLP (``"mlp"``) for a datamodule, initialised from ``seed`` (the global
+    RNGs are seeded here, so the initialisation, dropout and noise of the run that follows are reproducible);
+    kwargs go to the classifier (optimisation and regularisers)."""
     from models import CNNClassifier, MLPClassifier
+
+    pl.seed_everything(seed, workers=True, verbose=False)
 
     if kind == "cnn":
         return CNNClassifier(dm.input_shape, dm.num_classes, width=width, **kwargs)

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict[str, EpochMetrics]:
                              subset=cfg.subset or None, subset_mode="random")
         dm.prepare_data()
         dm.setup("fit")
-        model = build_classifier(cfg.model, dm, width=cfg.width, hidden=cfg.hidden, lr=cfg.lr,
+        model = build_classifier(cfg.model, dm, seed=cfg.seed, width=cfg.width, hidden=cfg.hidden, lr=cfg.lr,
                                  momentum=cfg.momentum, lr_halving_epochs=cfg.lr_halving_epochs or None)
         metrics = fit(run, "fig9", variant, cfg, dm, model, cfg.epochs, [csr_callback(cfg)])
         results[variant] = metrics
