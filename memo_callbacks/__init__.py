@@ -1,3 +1,5 @@
 """Lightning callbacks that measure memorization in deep networks (Arpit et al., ICML 2017)."""
 
-__all__: list[str] = []
+from memo_callbacks.loss_sensitivity import LossSensitivity
+
+__all__: list[str] = ["LossSensitivity"]
