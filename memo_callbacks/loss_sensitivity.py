@@ -340,14 +340,15 @@ class LossSensitivity(Callback):
         if not self.per_class:
             return None
         class_sums = all_reduce_sum(trainer, class_sums)
-        sizes = torch.bincount(targets.long(), minlength=c)[:c].to(class_sums)
+        drawn = torch.unique(torch.cat(batch_indices))  # as in UnrolledSensitivity.class_matrix
+        sizes = torch.bincount(targets[drawn].long(), minlength=c)[:c].to(class_sums)
         return class_sums / (len(measured) * sizes.clamp_min(1)).unsqueeze(0)
 
     def _finish_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, matrix: Tensor | None) -> None:
         n = int(trainer.strategy.reduce(torch.tensor(self._sum.numel(), device=pl_module.device), reduce_op="max"))
         self._grow(n)
-        sums = all_reduce_sum(trainer, self._sum).cpu()
-        counts = all_reduce_sum(trainer, self._count).cpu()
+        sums = all_reduce_sum(trainer, self._sum).cpu().clone()  # a no-op on one process: do not alias
+        counts = all_reduce_sum(trainer, self._count).cpu().clone()
         self.total_sum = self.total_sum.cpu() + sums
         self.total_count = self.total_count.cpu() + counts
         self._sum.zero_()

@@ -202,7 +202,7 @@ class UnrolledSensitivity:
             before ``t``).
         class_sums: ``[C, C]`` cell ``(i, j)``: sum over measured steps and training examples ``x`` of class ``j`` of
             ``||dL_t(y=i) / dx||``; None without ``per_class``.
-        class_sizes: ``[C]`` training examples per class (the denominators of the matrix), or None.
+        class_sizes: ``[C]`` examples of each class drawn in the window (the denominators of the matrix), or None.
     """
 
     steps: Tensor
@@ -217,7 +217,8 @@ class UnrolledSensitivity:
 
     @property
     def class_matrix(self) -> Tensor | None:
-        """``[C, C]`` the per-class matrix: mean over measured steps and over examples of class ``j``."""
+        """``[C, C]`` the per-class matrix: mean over measured steps and over the examples of class ``j`` drawn in
+        the window (examples never drawn have no influence at all and are left out of the mean)."""
         if self.class_sums is None or self.class_sizes is None:
             return None
         denom = self.steps.numel() * self.class_sizes.to(self.class_sums.dtype).clamp_min(1)
@@ -376,7 +377,8 @@ def unrolled_sensitivity(
         if class_sums is not None:
             by_class = per_example_norm(acc, norm, start_dim=3).sum(0)  # [C, N_seen]
             class_sums.index_add_(1, targets[seen].to(device), by_class)
-    sizes = torch.bincount(targets.to(device), minlength=c)[:c] if per_class else None
+    drawn = torch.unique(torch.cat(idx))
+    sizes = torch.bincount(targets.to(device)[drawn], minlength=c)[:c] if per_class else None
     return UnrolledSensitivity(torch.tensor(steps), per_step, class_sums, sizes)
 
 
