@@ -369,17 +369,18 @@ class LossSensitivity(Callback):
         for name, value in record.items():
             if name != "epoch":
                 pl_module.log(f"{self.prefix}/{name}", value, on_step=False, on_epoch=True, sync_dist=False)
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank must ask
         if trainer.is_global_zero:
-            self._write(trainer, g_bar, counts, self.last_class_matrix)
+            self._write(trainer, Path(log_dir), g_bar, counts, self.last_class_matrix)
 
-    def _write(self, trainer: pl.Trainer, g_bar: Tensor, counts: Tensor, matrix: Tensor | None) -> None:
+    def _write(self, trainer: pl.Trainer, log_dir: Path, g_bar: Tensor, counts: Tensor, matrix: Tensor | None) -> None:
         step = trainer.global_step
         writer = find_tensorboard(trainer)
         if writer is not None:
             writer.add_histogram(f"{self.prefix}/g_bar", g_bar[counts > 0], step)
             if matrix is not None:
                 writer.add_figure(f"{self.prefix}/per_class", _heatmap(matrix), step)
-        folder = Path(trainer.log_dir or trainer.default_root_dir) / self.prefix
+        folder = log_dir / self.prefix
         folder.mkdir(parents=True, exist_ok=True)
         torch.save(
             {"epoch": trainer.current_epoch, "mode": self.mode, "norm": self.norm, "g_bar": g_bar, "count": counts,

@@ -162,7 +162,8 @@ def test_errors(tmp_path):
 
     class NoIndex(pl.LightningDataModule):
         def train_dataloader(self):
-            return [(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))]
+            data = torch.utils.data.TensorDataset(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+            return torch.utils.data.DataLoader(data, batch_size=4)
 
     cb = LossSensitivity()
     with pytest.raises(ValueError, match="needs the dataset index of every example"):

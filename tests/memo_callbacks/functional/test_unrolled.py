@@ -79,7 +79,7 @@ def test_unrolled_matches_finite_differences(rule):
     model, x, y, steps = tiny_problem()
     params = start_params(model)
     lrs = [0.3, 0.2, 0.25, 0.1, 0.3, 0.2]
-    measure = [1, 3, 5]
+    measure = [2, 5]
     out = unrolled_sensitivity(
         model, params, x, y, steps, lr=lrs, momentum=rule.momentum, dampening=rule.dampening,
         nesterov=rule.nesterov, weight_decay=rule.weight_decay, measure_steps=measure,
