@@ -195,7 +195,7 @@ proxy = LossSensitivity(mode="proxy")
 unrolled = LossSensitivity(mode="unrolled", window=3, measure_every=1, per_class=True)
 trainer = pl.Trainer(strategy="ddp" if DEVICES > 1 else "auto", accelerator="cpu", devices=DEVICES, max_epochs=2,
                      logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, callbacks=[proxy, unrolled])
+                     enable_model_summary=False, callbacks=[proxy, unrolled], default_root_dir=OUT)
 trainer.fit(Tiny(), dm)
 if trainer.is_global_zero:
     torch.save({"proxy": proxy.total_sum, "proxy_count": proxy.total_count, "unrolled": unrolled.last_g_bar,
