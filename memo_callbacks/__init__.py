@@ -2,5 +2,6 @@
 
 from memo_callbacks.critical_sample_ratio import CriticalSampleRatio
 from memo_callbacks.example_dynamics import DynamicsHistory, ExampleDynamics
+from memo_callbacks.loss_sensitivity import LossSensitivity
 
-__all__: list[str] = ["CriticalSampleRatio", "DynamicsHistory", "ExampleDynamics"]
+__all__: list[str] = ["CriticalSampleRatio", "DynamicsHistory", "ExampleDynamics", "LossSensitivity"]

@@ -18,26 +18,42 @@ from memo_callbacks.functional.ensemble import (
     mlp_forward,
     train_ensemble,
 )
-
+from memo_callbacks.functional.gini import gini
 from memo_callbacks.functional.lass import LassResult, lass, lass_noise, pixels_to_input_units
+from memo_callbacks.functional.sensitivity import input_gradient_sensitivity, per_example_norm
+from memo_callbacks.functional.unrolled import (
+    SGDRule,
+    SGDWindowRecorder,
+    UnrolledSensitivity,
+    UnrolledWindow,
+    unrolled_sensitivity,
+)
 
-__all__: list[str] = [
+__all__ = [
+    "EnsembleRun",
+    "LassResult",
+    "MLPParams",
+    "SGDRule",
+    "SGDWindowRecorder",
+    "UnrolledSensitivity",
+    "UnrolledWindow",
     "binomial_reference",
     "clean_noisy_means",
     "dynamics_compute",
     "dynamics_update",
-    "EnsembleRun",
     "example_outcomes",
     "first_learned_epoch",
+    "gini",
     "init_mlp_params",
+    "input_gradient_sensitivity",
     "lass",
     "lass_noise",
-    "LassResult",
     "learned_for_good_epoch",
     "member_orders",
     "misclassification_rate",
     "mlp_forward",
-    "MLPParams",
+    "per_example_norm",
     "pixels_to_input_units",
     "train_ensemble",
+    "unrolled_sensitivity",
 ]

@@ -1,0 +1,408 @@
+"""Loss sensitivity of every training example and its Gini coefficient (Arpit et al. 2017, Figures 3 and 4)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import Callback
+from torch import Tensor
+
+from memo_callbacks.functional.gini import gini
+from memo_callbacks.functional.sensitivity import (
+    Norm,
+    PerExampleLoss,
+    check_norm,
+    per_example_cross_entropy,
+    per_example_norm,
+)
+from memo_callbacks.functional.unrolled import SGDRule, SGDWindowRecorder, unrolled_sensitivity
+from memo_callbacks.utilities import BatchAdapter, all_reduce_sum, find_tensorboard, preserved_state, rank_shard, unpack_batch
+
+Mode = Literal["proxy", "unrolled"]
+
+
+class LossSensitivity(Callback):
+    """Per-example loss sensitivity ``g_bar_x``, its Gini coefficient and the per-class matrix, every epoch.
+
+    Two modes:
+
+    - ``"proxy"``: ``||d loss(x) / dx||`` at the current parameters, read from the training step's *own* backward
+      pass, so it costs almost nothing (one extra input-gradient product in the first layer). In
+      ``on_train_batch_start`` the batch's input tensor (``batch.x`` as read by :func:`unpack_batch`) is made to
+      require grad: **the LightningModule must feed that very tensor to its network** (as ``self(batch.x)`` does).
+      The gradient of the mean minibatch loss w.r.t. ``x_i`` is ``(1/B) d loss_i / dx_i``, so it is multiplied by the
+      batch size ``B`` (``loss_reduction="mean"``), by ``accumulate_grad_batches`` (Lightning divides the loss by it)
+      and divided by the AMP ``GradScaler`` scale when one is in use; the result is each example's own proxy when
+      the network treats examples independently (train-mode BatchNorm couples them slightly). ``g_bar_x`` is the mean
+      over the epoch's draws of ``x``. This is a *proxy*: it has no cross-example terms (see the paper notes).
+    - ``"unrolled"``: the paper's definition, ``g_x^t = ||dL_t / dx||`` through the SGD updates in which ``x`` took
+      part (:func:`~memo_callbacks.functional.unrolled_sensitivity`). On measured epochs, the last ``window`` steps
+      are recorded (a parameter and momentum snapshot at the window start, the minibatch indices, the learning
+      rates, the inputs by dataset index); at epoch end they are replayed in eval mode and ``L_t`` is differentiated
+      at every ``measure_every``-th step. Memory: the accumulator ``M * N_seen * D`` floats (``M`` measured steps,
+      ``C`` times that with ``per_class``; bounded by ``max_buffer_bytes`` through chunking) plus ``window`` copies of
+      the parameters. Time: one batched reverse sweep, about ``window * M / 2`` example-row products (18 s for the
+      paper's Figure 3 setting on 2 CPU cores, see ``benchmarks/sensitivity.md``). Needs ``torch.optim.SGD``, no
+      gradient accumulation, inputs that do not change between draws (no random augmentation), and a
+      ``pl_module.forward(x)`` that returns logits. Under DDP the windows of all ranks are gathered and each rank
+      replays the global steps (the mean loss over the union of the ranks' minibatches is what DDP's averaged
+      gradient descends), then computes its share of the measured steps.
+
+    Per-example sums and counts are addressed by dataset index and summed over DDP ranks at epoch end. A padded
+    duplicate from a distributed sampler is a real extra draw: it adds its value to the sum *and* one to the count,
+    so the mean stays the mean over draws (for a duplicate within one step both copies carry the identical value and
+    the mean is unchanged). Examples never drawn in an epoch are left out of the proxy's Gini coefficient; in
+    unrolled mode every training example counts (with 0 if it took no part in the window).
+
+    At every measured epoch end it logs ``{prefix}/gini`` (and ``{prefix}/gini_clean``, ``{prefix}/gini_noisy``
+    when ``trainer.datamodule.noisy_mask`` exists), a histogram ``{prefix}/g_bar`` and, in unrolled mode with
+    ``per_class``, the matrix ``{prefix}/per_class`` as a heatmap with a log colour scale, and saves the tensors to
+    ``{log_dir}/{prefix}/epoch=E.pt``. Run-long sums (``total_sum``, ``total_count``) and the per-epoch ``history``
+    survive a checkpoint resume.
+
+    Args:
+        mode: ``"proxy"`` or ``"unrolled"``.
+        norm: ``"l1"`` (the paper's), ``"l2"`` or ``"linf"``.
+        loss_reduction: how the training step reduces its per-example losses, ``"mean"`` or ``"sum"`` (proxy).
+        window: unrolled: number of last steps of the epoch that are replayed.
+        measure_every: unrolled: differentiate ``L_t`` at every ``measure_every``-th step of the window.
+        every_n_epochs: measure (unrolled) / log (both) every this many epochs.
+        per_class: unrolled: also compute the per-class matrix (``C`` times the cost).
+        num_classes: number of classes for ``per_class`` (default: the datamodule's ``num_classes`` or max label + 1).
+        num_examples: training set size; default from ``trainer.datamodule.num_train``, else grown on demand.
+        loss_fn: unrolled: per-example loss ``(logits, y) -> [B]`` matching the training loss.
+        batch_adapter: reads ``(x, y, index, noisy)`` from unusual batches (see :func:`unpack_batch`).
+        max_buffer_bytes: unrolled: memory budget of the gradient accumulator.
+        prefix: tag prefix.
+
+    Example:
+        >>> cb = LossSensitivity(mode="unrolled", window=500, measure_every=2)
+        >>> cb.state_key
+        "LossSensitivity{'mode': 'unrolled', 'norm': 'l1', 'prefix': 'sensitivity'}"
+    """
+
+    def __init__(
+        self,
+        mode: Mode = "proxy",
+        norm: Norm = "l1",
+        loss_reduction: Literal["mean", "sum"] = "mean",
+        window: int = 500,
+        measure_every: int = 2,
+        every_n_epochs: int = 1,
+        per_class: bool = False,
+        num_classes: int | None = None,
+        num_examples: int | None = None,
+        loss_fn: PerExampleLoss = per_example_cross_entropy,
+        batch_adapter: BatchAdapter | None = None,
+        max_buffer_bytes: int = 2**28,
+        prefix: str = "sensitivity",
+    ) -> None:
+        if mode not in ("proxy", "unrolled"):
+            raise ValueError(f"`mode` must be 'proxy' or 'unrolled', got {mode!r}")
+        check_norm(norm)
+        if loss_reduction not in ("mean", "sum"):
+            raise ValueError(f"`loss_reduction` must be 'mean' or 'sum', got {loss_reduction!r}")
+        for name, value in (("window", window), ("measure_every", measure_every), ("every_n_epochs", every_n_epochs)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        if per_class and mode != "unrolled":
+            raise ValueError("`per_class` needs mode='unrolled' (under the proxy the matrix is diagonal), got mode='proxy'")
+        if num_examples is not None and (not isinstance(num_examples, int) or num_examples < 1):
+            raise ValueError(f"`num_examples` must be a positive integer or None, got {num_examples!r}")
+        self.mode = mode
+        self.norm = norm
+        self.loss_reduction = loss_reduction
+        self.window = window
+        self.measure_every = measure_every
+        self.every_n_epochs = every_n_epochs
+        self.per_class = per_class
+        self.num_classes = num_classes
+        self.num_examples = num_examples
+        self.loss_fn = loss_fn
+        self.batch_adapter = batch_adapter
+        self.max_buffer_bytes = max_buffer_bytes
+        self.prefix = prefix
+
+        self._sum = torch.zeros(0, dtype=torch.float64)  # this epoch, this rank
+        self._count = torch.zeros(0, dtype=torch.int64)
+        self.total_sum = torch.zeros(0, dtype=torch.float64)  # the whole run, all ranks
+        self.total_count = torch.zeros(0, dtype=torch.int64)
+        self.history: list[dict[str, float]] = []
+        self.last_g_bar: Tensor | None = None
+        self.last_class_matrix: Tensor | None = None
+        self._x: Tensor | None = None
+        self._index: Tensor | None = None
+        self._recorder: SGDWindowRecorder | None = None
+        self._inputs: Tensor | None = None
+        self._targets: Tensor | None = None
+        self._filled: Tensor | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(mode=self.mode, norm=self.norm, prefix=self.prefix)
+
+    # ------------------------------------------------------------------------------------------------------ hooks
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage != "fit":
+            return
+        if self.mode == "unrolled" and trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"mode='unrolled' replays one minibatch per SGD step, got accumulate_grad_batches="
+                f"{trainer.accumulate_grad_batches}; use mode='proxy' or no gradient accumulation"
+            )
+        if self.num_examples is None:
+            dm = getattr(trainer, "datamodule", None)
+            size = getattr(dm, "num_train", None) if dm is not None else None
+            if isinstance(size, int):
+                self.num_examples = size
+        if self.num_examples is not None:
+            self._grow(self.num_examples)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode == "unrolled":
+            if len(trainer.optimizers) != 1:
+                raise ValueError(f"mode='unrolled' needs exactly one optimizer, got {len(trainer.optimizers)}")
+            self._recorder = SGDWindowRecorder(pl_module, trainer.optimizers[0])  # raises for non-SGD
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        parsed = unpack_batch(batch, self.batch_adapter)
+        if parsed.index is None:
+            raise ValueError(
+                "LossSensitivity needs the dataset index of every example: batches must be (x, y, index[, noisy]) "
+                "or a dict with 'index' (or pass `batch_adapter`)"
+            )
+        if not parsed.x.is_floating_point():
+            raise TypeError(f"LossSensitivity needs floating-point inputs, got batch.x of dtype {parsed.x.dtype}")
+        index = parsed.index.detach().long()
+        self._grow(int(index.max()) + 1)
+        if self.mode == "proxy":
+            if not parsed.x.is_leaf:
+                raise ValueError("LossSensitivity(mode='proxy') needs batch.x to be a leaf tensor (a plain input batch)")
+            self._x = parsed.x.requires_grad_(True)
+            self._index = index
+        elif self._measured_epoch(trainer):
+            self._record(trainer, parsed.x, parsed.y, index, batch_idx)
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.mode != "proxy" or self._x is None:
+            return
+        x, index = self._x, self._index
+        self._x = self._index = None
+        if x.grad is None:
+            raise RuntimeError(
+                "LossSensitivity(mode='proxy') found no gradient on batch.x: the LightningModule must compute its "
+                "loss from the batch's own input tensor (e.g. `self(batch.x)`), without detaching or copying it"
+            )
+        scale = float(trainer.accumulate_grad_batches)
+        if self.loss_reduction == "mean":
+            scale *= x.shape[0]
+        scaler = getattr(trainer.precision_plugin, "scaler", None)
+        if scaler is not None and scaler.is_enabled():
+            scale /= float(scaler.get_scale())
+        values = per_example_norm(x.grad.detach().float(), self.norm) * scale  # [B]
+        x.grad = None
+        self._add(index, values.to(torch.float64), torch.ones_like(index))
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._measured_epoch(trainer):
+            return
+        matrix = None
+        if self.mode == "unrolled":
+            if self._recorder is None or not self._recorder.started:
+                return
+            matrix = self._replay(trainer, pl_module)
+        self._finish_epoch(trainer, pl_module, matrix)
+
+    # ------------------------------------------------------------------------------------------- checkpointing
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "sum": self._sum.cpu(),
+            "count": self._count.cpu(),
+            "total_sum": self.total_sum.cpu(),
+            "total_count": self.total_count.cpu(),
+            "history": list(self.history),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        device = self._sum.device
+        self._sum = state_dict["sum"].to(device)
+        self._count = state_dict["count"].to(device)
+        self.total_sum = state_dict["total_sum"].to(device)
+        self.total_count = state_dict["total_count"].to(device)
+        self.history = list(state_dict["history"])
+
+    # ------------------------------------------------------------------------------------------------ internals
+    def _measured_epoch(self, trainer: pl.Trainer) -> bool:
+        return (trainer.current_epoch + 1) % self.every_n_epochs == 0
+
+    def _grow(self, n: int) -> None:
+        """Make the per-example tensors hold at least ``n`` examples (new entries zero)."""
+        for name in ("_sum", "_count", "total_sum", "total_count"):
+            t = getattr(self, name)
+            if t.numel() < n:
+                setattr(self, name, torch.cat([t, t.new_zeros(n - t.numel())]))
+
+    def _add(self, index: Tensor, values: Tensor, counts: Tensor) -> None:
+        device = index.device
+        if self._sum.device != device:
+            self._sum, self._count = self._sum.to(device), self._count.to(device)
+        self._sum.index_add_(0, index, values)
+        self._count.index_add_(0, index, counts)
+
+    def _record(self, trainer: pl.Trainer, x: Tensor, y: Tensor, index: Tensor, batch_idx: int) -> None:
+        assert self._recorder is not None
+        total = trainer.num_training_batches
+        if not math.isfinite(total):
+            raise ValueError("LossSensitivity(mode='unrolled') needs a training dataloader with a length")
+        if batch_idx == max(0, int(total) - self.window):
+            self._recorder.start()
+            self._inputs = self._targets = self._filled = None
+        if not self._recorder.started:
+            return
+        self._recorder.record(index)
+        n = self._sum.numel()
+        if self._inputs is None or self._inputs.shape[0] < n:
+            old = self._inputs
+            self._inputs = x.new_zeros(n, *x.shape[1:])
+            self._targets = y.new_zeros(n)
+            self._filled = torch.zeros(n, dtype=torch.bool, device=x.device)
+            if old is not None:
+                raise RuntimeError("LossSensitivity: the training set grew during a window; pass `num_examples`")
+        x, y = x.detach(), y.detach()
+        again = self._filled[index]
+        if bool(again.any()) and not torch.equal(self._inputs[index[again]], x[again]):
+            raise ValueError(
+                "LossSensitivity(mode='unrolled') needs each example's input to be the same at every draw "
+                "(no random augmentation): a re-drawn example came with a different input"
+            )
+        self._inputs[index], self._targets[index], self._filled[index] = x, y, True
+
+    def _gather_window(self, trainer: pl.Trainer) -> tuple[list[Tensor], Tensor, Tensor]:
+        """The global steps (every rank's minibatch of a step concatenated), inputs and targets of the window."""
+        assert self._recorder is not None and self._inputs is not None
+        window = self._recorder.window
+        if trainer.world_size == 1:
+            return window.batch_indices, self._inputs, self._targets
+        widest = max(b.numel() for b in window.batch_indices)
+        width = int(trainer.strategy.reduce(torch.tensor(widest, device=self._inputs.device), reduce_op="max"))
+        padded = torch.full((window.num_steps, width), -1, dtype=torch.long, device=self._inputs.device)
+        for s, b in enumerate(window.batch_indices):
+            padded[s, : b.numel()] = b
+        steps = trainer.strategy.all_gather(padded)  # [W, K, width]
+        inputs = trainer.strategy.all_gather(self._inputs)  # [W, N, ...]
+        targets = trainer.strategy.all_gather(self._targets)  # [W, N]
+        filled = trainer.strategy.all_gather(self._filled)  # [W, N]
+        owner = filled.long().argmax(0)  # a rank that saw each example (inputs are identical across draws)
+        ar = torch.arange(owner.numel(), device=owner.device)
+        batch_indices = []
+        for s in range(window.num_steps):
+            b = steps[:, s].flatten()
+            batch_indices.append(b[b >= 0])
+        return batch_indices, inputs[owner, ar], targets[owner, ar]
+
+    def _replay(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
+        assert self._recorder is not None
+        window = self._recorder.window
+        batch_indices, inputs, targets = self._gather_window(trainer)
+        k = len(batch_indices)
+        measured = list(range(1, k, self.measure_every)) or [0]
+        mine = rank_shard(torch.tensor(measured), trainer.global_rank, trainer.world_size).tolist()
+        c = self.num_classes or getattr(getattr(trainer, "datamodule", None), "num_classes", None)
+        c = int(c) if c is not None else int(targets.max()) + 1
+        n = inputs.shape[0]
+        g_sum = torch.zeros(n, dtype=torch.float64, device=inputs.device)
+        class_sums = torch.zeros(c, c, dtype=torch.float64, device=inputs.device)
+        if mine:
+            rule: SGDRule = window.rule
+            with preserved_state(pl_module, rng=False), torch.inference_mode(False), torch.enable_grad():
+                pl_module.eval()
+                out = unrolled_sensitivity(
+                    pl_module, window.params, inputs.float(), targets, batch_indices, lr=window.lrs,
+                    momentum=rule.momentum, dampening=rule.dampening, nesterov=rule.nesterov,
+                    weight_decay=rule.weight_decay, momentum_buffers=window.momentum_buffers, measure_steps=mine,
+                    norm=self.norm, loss_fn=self.loss_fn, per_class=self.per_class, num_classes=c,
+                    max_buffer_bytes=self.max_buffer_bytes,
+                )
+            g_sum += out.per_step.sum(0).double()
+            if out.class_sums is not None:
+                class_sums += out.class_sums.double()
+        self._recorder.reset()
+        self._inputs = self._targets = self._filled = None
+        # Every example gets one count per measured step (on one rank: the sums below add the shards).
+        self._sum = self._sum.to(inputs.device)
+        self._count = self._count.to(inputs.device)
+        self._sum[:n] += g_sum
+        self._count[:n] += len(mine)
+        if not self.per_class:
+            return None
+        class_sums = all_reduce_sum(trainer, class_sums)
+        drawn = torch.unique(torch.cat(batch_indices))  # as in UnrolledSensitivity.class_matrix
+        sizes = torch.bincount(targets[drawn].long(), minlength=c)[:c].to(class_sums)
+        return class_sums / (len(measured) * sizes.clamp_min(1)).unsqueeze(0)
+
+    def _finish_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, matrix: Tensor | None) -> None:
+        n = int(trainer.strategy.reduce(torch.tensor(self._sum.numel(), device=pl_module.device), reduce_op="max"))
+        self._grow(n)
+        sums = all_reduce_sum(trainer, self._sum).cpu().clone()  # a no-op on one process: do not alias
+        counts = all_reduce_sum(trainer, self._count).cpu().clone()
+        self.total_sum = self.total_sum.cpu() + sums
+        self.total_count = self.total_count.cpu() + counts
+        self._sum.zero_()
+        self._count.zero_()
+        seen = counts > 0
+        g_bar = torch.where(seen, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
+        self.last_g_bar, self.last_class_matrix = g_bar, None if matrix is None else matrix.cpu()
+        if not bool(seen.any()):
+            return
+        record = {"epoch": float(trainer.current_epoch), "gini": gini(g_bar[seen])}
+        noisy = getattr(getattr(trainer, "datamodule", None), "noisy_mask", None)
+        if isinstance(noisy, Tensor) and noisy.numel() == n:
+            noisy = noisy.cpu().bool()
+            for name, part in (("gini_clean", seen & ~noisy), ("gini_noisy", seen & noisy)):
+                if bool(part.any()):
+                    record[name] = gini(g_bar[part])
+        self.history.append(record)
+        for name, value in record.items():
+            if name != "epoch":
+                pl_module.log(f"{self.prefix}/{name}", value, on_step=False, on_epoch=True, sync_dist=False)
+        log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank must ask
+        if trainer.is_global_zero:
+            self._write(trainer, Path(log_dir), g_bar, counts, self.last_class_matrix)
+
+    def _write(self, trainer: pl.Trainer, log_dir: Path, g_bar: Tensor, counts: Tensor, matrix: Tensor | None) -> None:
+        step = trainer.global_step
+        writer = find_tensorboard(trainer)
+        if writer is not None:
+            writer.add_histogram(f"{self.prefix}/g_bar", g_bar[counts > 0], step)
+            if matrix is not None:
+                writer.add_figure(f"{self.prefix}/per_class", _heatmap(matrix), step)
+        folder = log_dir / self.prefix
+        folder.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {"epoch": trainer.current_epoch, "mode": self.mode, "norm": self.norm, "g_bar": g_bar, "count": counts,
+             "class_matrix": matrix},
+            folder / f"epoch={trainer.current_epoch}.pt",
+        )
+
+
+def _heatmap(matrix: Tensor):
+    """The per-class matrix as a matplotlib figure with a log colour scale (no pyplot, no global backend)."""
+    from matplotlib.colors import LogNorm
+    from matplotlib.figure import Figure
+
+    m = matrix.double().numpy()
+    positive = m[m > 0]
+    fig = Figure(figsize=(4.5, 4))
+    ax = fig.add_subplot()
+    norm = LogNorm(vmin=positive.min(), vmax=positive.max()) if positive.size else None
+    im = ax.imshow(m, cmap="viridis", norm=norm)
+    ax.set_xlabel("class j of the examples x")
+    ax.set_ylabel("class i of the loss L_t(y=i)")
+    ax.set_title("|dL_t(y=i)/dx|, mean over t and x")
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,214 @@
+"""LossSensitivity against the functional references, through real Trainer runs (CPU, tiny)."""
+
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch import nn
+
+from datamodules import NoisyBatch, NoisyDigits
+from helpers import run_ddp_script
+from memo_callbacks import LossSensitivity
+from memo_callbacks.functional import gini, input_gradient_sensitivity, unrolled_sensitivity
+
+
+class Tiny(pl.LightningModule):
+    def __init__(self, lr=0.1, momentum=0.0, optimizer="sgd", detach=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10))
+        self.lr, self.momentum, self.optimizer, self.detach = lr, momentum, optimizer, detach
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, _):
+        x = batch.x.detach().clone() if self.detach else batch.x
+        return F.cross_entropy(self(x), batch.y)
+
+    def configure_optimizers(self):
+        if self.optimizer == "adam":
+            return torch.optim.Adam(self.parameters(), lr=self.lr)
+        return torch.optim.SGD(self.parameters(), lr=self.lr, momentum=self.momentum)
+
+
+def digits(**kw):
+    kw = {"noise": "random_labels", "noise_fraction": 0.5, "subset": 96, "batch_size": 16, "seed": 3, **kw}
+    dm = NoisyDigits(**kw)
+    dm.setup("fit")
+    return dm
+
+
+def fit(model, dm, callbacks, tmp_path, epochs=1, logger=False, ckpt_path=None, **kw):
+    trainer = pl.Trainer(
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks, **kw,
+    )
+    trainer.fit(model, dm, ckpt_path=ckpt_path)
+    return trainer
+
+
+def batches(dm, epoch):
+    loader = dm.train_dataloader()
+    loader.sampler.set_epoch(epoch)
+    return list(loader)
+
+
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_proxy_equals_per_example_gradients_along_training(tmp_path, accumulate):
+    dm = digits()
+    cb = LossSensitivity(mode="proxy", norm="l2")
+    fit(Tiny(lr=0.5), dm, [cb], tmp_path, accumulate_grad_batches=accumulate)
+    # Reference: the same training by hand, the proxy measured before each update.
+    ref = Tiny(lr=0.5)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    sums, counts = torch.zeros(96, dtype=torch.float64), torch.zeros(96)
+    for i, b in enumerate(batches(dm, 0)):
+        sums.index_add_(0, b.index, input_gradient_sensitivity(ref.net, b.x, b.y, norm="l2").double())
+        counts.index_add_(0, b.index, torch.ones(len(b.index)))
+        (F.cross_entropy(ref(b.x), b.y) / accumulate).backward()
+        if (i + 1) % accumulate == 0:
+            opt.step()
+            opt.zero_grad()
+    torch.testing.assert_close(cb.last_g_bar, sums / counts, rtol=1e-5, atol=1e-7)
+    assert cb.history[0]["gini"] == pytest.approx(gini(sums / counts), rel=1e-5)
+    assert torch.equal(cb.total_count, counts.long())
+
+
+def test_unrolled_equals_functional_replay_of_the_window(tmp_path):
+    dm = digits()
+    cb = LossSensitivity(mode="unrolled", window=4, measure_every=2, per_class=True)
+    fit(Tiny(lr=0.3, momentum=0.9), dm, [cb], tmp_path, epochs=2)
+    # Reference: train by hand, snapshot before the window (last 4 of 6 steps of epoch 1), replay.
+    ref = Tiny(lr=0.3, momentum=0.9)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.3, momentum=0.9)
+    for epoch in range(2):
+        for i, b in enumerate(batches(dm, epoch)):
+            if epoch == 1 and i == 2:
+                params = {k: v.detach().clone() for k, v in ref.named_parameters()}
+                bufs = {k: opt.state[v]["momentum_buffer"].clone() for k, v in ref.named_parameters()}
+                window = []
+            if epoch == 1 and i >= 2:
+                window.append(b.index)
+            opt.zero_grad()
+            F.cross_entropy(ref(b.x), b.y).backward()
+            opt.step()
+    out = unrolled_sensitivity(ref, params, dm.train_x, dm.train_y, window, lr=0.3, momentum=0.9,
+                               momentum_buffers=bufs, measure_steps=[1, 3], per_class=True, num_classes=10)
+    torch.testing.assert_close(cb.last_g_bar, out.g_bar.double(), rtol=1e-4, atol=1e-8)
+    torch.testing.assert_close(cb.last_class_matrix, out.class_matrix.double(), rtol=1e-4, atol=1e-8)
+    assert len(cb.history) == 2 and cb.history[1]["gini"] == pytest.approx(gini(out.g_bar), rel=1e-4)
+    assert torch.equal(cb.total_count, torch.full((96,), 4))  # 2 measured steps in each of 2 epochs
+
+
+def test_tensorboard_tags_and_saved_tensors(tmp_path):
+    dm = digits()
+    cb = LossSensitivity(mode="unrolled", window=3, measure_every=1, per_class=True)
+    logger = pl.loggers.TensorBoardLogger(tmp_path, name="tb")
+    fit(Tiny(), dm, [cb], tmp_path, logger=logger)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"images": 0, "histograms": 0}).Reload()
+    tags = acc.Tags()
+    assert {"sensitivity/gini", "sensitivity/gini_clean", "sensitivity/gini_noisy"} <= set(tags["scalars"])
+    assert acc.Scalars("sensitivity/gini")[0].value == pytest.approx(cb.history[0]["gini"], rel=1e-6)
+    assert "sensitivity/g_bar" in tags["histograms"]
+    assert "sensitivity/per_class" in tags["images"]
+    saved = torch.load(Path(logger.log_dir) / "sensitivity" / "epoch=0.pt")
+    assert torch.equal(saved["g_bar"], cb.last_g_bar) and saved["class_matrix"].shape == (10, 10)
+    noisy = dm.noisy_mask
+    assert cb.history[0]["gini_noisy"] == pytest.approx(gini(cb.last_g_bar[noisy]), rel=1e-9)
+
+
+def test_resume_continues_the_accumulated_sums(tmp_path):
+    dm = digits()
+    straight = LossSensitivity()
+    fit(Tiny(), dm, [straight], tmp_path / "a", epochs=2)
+    first = LossSensitivity()
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[first, ckpt], default_root_dir=tmp_path)
+    trainer.fit(Tiny(), dm)
+    resumed = LossSensitivity()
+    fit(Tiny(), dm, [resumed], tmp_path / "b", epochs=2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    assert len(resumed.history) == 2 and resumed.history[0] == first.history[0]
+    torch.testing.assert_close(resumed.total_sum, straight.total_sum, rtol=1e-6, atol=0)
+    assert torch.equal(resumed.total_count, straight.total_count)
+    assert torch.equal(straight.total_count, torch.full((96,), 2))
+
+
+def test_errors(tmp_path):
+    with pytest.raises(ValueError, match="`mode` must be 'proxy' or 'unrolled', got 'exact'"):
+        LossSensitivity(mode="exact")
+    with pytest.raises(ValueError, match="`norm` must be one of"):
+        LossSensitivity(norm="l0")
+    with pytest.raises(ValueError, match="`window` must be a positive integer, got 0"):
+        LossSensitivity(window=0)
+    with pytest.raises(ValueError, match="`per_class` needs mode='unrolled'"):
+        LossSensitivity(per_class=True)
+    with pytest.raises(ValueError, match="`loss_reduction` must be 'mean' or 'sum'"):
+        LossSensitivity(loss_reduction="none")
+    dm = digits()
+    cb = LossSensitivity()
+    with pytest.raises(RuntimeError, match="found no gradient on batch.x"):
+        fit(Tiny(detach=True), dm, [cb], tmp_path)
+    cb = LossSensitivity(mode="unrolled")
+    with pytest.raises(TypeError, match="`optimizer` must be torch.optim.SGD.*got Adam"):
+        fit(Tiny(optimizer="adam"), dm, [cb], tmp_path)
+    cb = LossSensitivity(mode="unrolled")
+    with pytest.raises(ValueError, match="accumulate_grad_batches=2"):
+        fit(Tiny(), dm, [cb], tmp_path, accumulate_grad_batches=2)
+
+    class NoIndex(pl.LightningDataModule):
+        def train_dataloader(self):
+            data = torch.utils.data.TensorDataset(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.long))
+            return torch.utils.data.DataLoader(data, batch_size=4)
+
+    cb = LossSensitivity()
+    with pytest.raises(ValueError, match="needs the dataset index of every example"):
+        fit(Tiny(), NoIndex(), [cb], tmp_path)
+
+
+DDP_SCRIPT = """
+import torch, pytorch_lightning as pl, torch.nn.functional as F
+from torch import nn
+from datamodules import NoisyDigits
+from memo_callbacks import LossSensitivity
+
+class Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.Tanh(), nn.Linear(8, 10))
+    def forward(self, x):
+        return self.net(x)
+    def training_step(self, batch, _):
+        return F.cross_entropy(self(batch.x), batch.y)
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.3, momentum=0.9)
+
+# The global batch is the same on 1 and 2 processes (32 = 2 x 16, the sampler shards one permutation), so both
+# runs take the same SGD steps and must measure the same values.
+dm = NoisyDigits(noise="random_labels", noise_fraction=0.5, subset=128, batch_size=32 // DEVICES, seed=3)
+proxy = LossSensitivity(mode="proxy")
+unrolled = LossSensitivity(mode="unrolled", window=3, measure_every=1, per_class=True)
+trainer = pl.Trainer(strategy="ddp" if DEVICES > 1 else "auto", accelerator="cpu", devices=DEVICES, max_epochs=2,
+                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                     enable_model_summary=False, callbacks=[proxy, unrolled], default_root_dir=OUT)
+trainer.fit(Tiny(), dm)
+if trainer.is_global_zero:
+    torch.save({"proxy": proxy.total_sum, "proxy_count": proxy.total_count, "unrolled": unrolled.last_g_bar,
+                "matrix": unrolled.last_class_matrix, "history": unrolled.history}, f"{OUT}/result{DEVICES}.pt")
+"""
+
+
+def test_same_values_on_one_and_two_processes(tmp_path):
+    exec(f"OUT = {str(tmp_path)!r}\nDEVICES = 1\n" + DDP_SCRIPT, {})
+    run_ddp_script(DDP_SCRIPT, tmp_path, devices=2)
+    one, two = torch.load(tmp_path / "result1.pt"), torch.load(tmp_path / "result2.pt")
+    assert torch.equal(one["proxy_count"], two["proxy_count"])
+    torch.testing.assert_close(two["proxy"], one["proxy"], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(two["unrolled"], one["unrolled"], rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(two["matrix"], one["matrix"], rtol=1e-4, atol=1e-9)
+    assert two["history"][-1]["gini"] == pytest.approx(one["history"][-1]["gini"], rel=1e-4)
