@@ -211,3 +211,78 @@ def plot_panels(path: Path, panels: list[tuple[str, dict[str, tuple[list, list]]
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+class StopWhenReached(pl.Callback):
+    """Stops training at the end of the first training epoch whose ``monitor`` (an epoch-level metric such as
+    ``train/acc``) is at least ``target``, and records how many epochs that took.
+
+    :attr:`reached_epoch` is the number of epochs trained when the target was first met (1 = after the first
+    epoch), or None when training ended (at ``max_epochs``) without meeting it. The decision goes through
+    ``trainer.strategy.reduce_boolean_decision``, so every DDP rank stops at the same epoch.
+
+    Example:
+        >>> stop = StopWhenReached("train/acc", 1.0)
+        >>> stop.reached_epoch is None
+        True
+    """
+
+    def __init__(self, monitor: str = "train/acc", target: float = 1.0) -> None:
+        self.monitor = monitor
+        self.target = target
+        self.reached_epoch: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, target=self.target)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.reached_epoch is not None:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        reached = value is not None and float(value) >= self.target
+        if trainer.strategy.reduce_boolean_decision(reached, all=False):
+            self.reached_epoch = trainer.current_epoch + 1
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reached_epoch": self.reached_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.reached_epoch = state_dict["reached_epoch"]
+
+
+def noise_name(variant: str, fraction: float) -> str:
+    """A short run name for a noise level: ``real`` for no noise, else e.g. ``randY0.4``."""
+    return "real" if variant == "real" or fraction == 0 else f"{variant}{fraction:g}"
+
+
+def noisy_datamodule(dataset: str, data_dir: str, variant: str, fraction: float, **kwargs: Any) -> NoisyDataModule:
+    """:func:`make_datamodule` for a noise level: ``fraction`` of the training set corrupted the ``variant`` way
+    (``randX`` or ``randY``); fraction 0 (or ``variant="real"``) is the clean dataset."""
+    if not 0.0 <= fraction <= 1.0:
+        raise SystemExit(f"noise fractions must be in [0, 1], got {fraction}")
+    if variant == "real" or fraction == 0:
+        return make_datamodule(dataset, data_dir, "real", **kwargs)
+    return make_datamodule(dataset, data_dir, variant, noise_fraction=fraction, **kwargs)
+
+
+def write_summary(run: RunArgs, figure: str, scalars: dict[str, list[tuple[int, float]]], results: Any = None) -> Path:
+    """Log a figure's own curves (e.g. accuracy against hidden units) to TensorBoard under
+    ``<out>/<figure>/summary`` as ``tag -> [(x, y), ...]`` with x as the step, and, when given, write ``results``
+    as JSON beside them. Call on rank 0 only. Returns the summary folder."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = Path(run.out) / figure / "summary"
+    for old in folder.glob("events.out.tfevents.*"):  # the summary of the latest sweep only, like its PNG
+        old.unlink()
+    writer = SummaryWriter(str(folder))
+    try:
+        for tag, points in scalars.items():
+            for x, y in points:
+                writer.add_scalar(tag, y, global_step=x)
+    finally:
+        writer.close()
+    if results is not None:
+        (Path(run.out) / figure / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return folder
