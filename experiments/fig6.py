@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from common import (
     EpochMetrics,
     StopWhenReached,
@@ -55,7 +57,7 @@ class Fig6Config:
 
 # Digits: 1,500 training images of 8x8; widths and sizes scaled down with the data.
 QUICK = dict(dataset="digits", hidden_units=(32, 64, 128, 256, 512), examples=1500,
-             dataset_sizes=(250, 500, 1000, 1500), hidden=256, max_epochs=150, batch_size=32, lr=0.3)
+             dataset_sizes=(250, 500, 1000, 1500), hidden=64, max_epochs=150, batch_size=32, lr=0.3)
 
 
 def train_one(cfg: Fig6Config, run: Any, variant: str, fraction: float, hidden: int, examples: int
@@ -65,6 +67,7 @@ def train_one(cfg: Fig6Config, run: Any, variant: str, fraction: float, hidden: 
                           subset=examples, subset_mode="random")
     dm.prepare_data()
     dm.setup("fit")
+    torch.manual_seed(cfg.seed)  # the same initial weights for every noise level of a width
     model = MLPClassifier(dm.input_shape, dm.num_classes, hidden=(hidden,) * cfg.layers, lr=cfg.lr,
                           momentum=cfg.momentum)
     metrics, stop = EpochMetrics(), StopWhenReached("train/acc", 1.0)
@@ -160,7 +163,9 @@ def report(cfg: Fig6Config, run: Any, results: list[dict[str, Any]]) -> None:
     write_summary(run, "fig6", scalars, results)
 
     def cell(r: dict[str, Any]) -> str:
-        return str(r["epochs_to_fit"]) if r["epochs_to_fit"] is not None else f">{cfg.max_epochs} ({r['final_train_acc']:.2f})"
+        if r["epochs_to_fit"] is None:
+            return f">{cfg.max_epochs} ({r['final_train_acc']:.2f})"
+        return str(r["epochs_to_fit"])
 
     for axis, label, values in (("hidden", f"hidden units, {cfg.examples} examples", cfg.hidden_units),
                                 ("examples", f"training examples, {cfg.hidden} units", cfg.dataset_sizes)):
