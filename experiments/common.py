@@ -188,15 +188,20 @@ class EpochMetrics(pl.Callback):
 
 
 def plot_panels(path: Path, panels: list[tuple[str, dict[str, tuple[list, list]]]], xlabel: str = "epoch",
-                title: str = "", logx: bool = False) -> None:
-    """One row of line plots: each panel is ``(ylabel, {curve name: (xs, ys)})``. Saved as PNG."""
+                title: str = "", logx: bool = False, ncols: int | None = None) -> None:
+    """Line plots, one row (or rows of ``ncols``): each panel is ``(ylabel, {curve name: (xs, ys)})``. Saved as
+    PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (ylabel, curves) in zip(axes[0], panels):
+    ncols = min(ncols or len(panels), len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (ylabel, curves) in zip(axes.flat, panels):
         for name, (xs, ys) in curves.items():
             ax.plot(xs, ys, marker="o", markersize=3, label=name)
         ax.set_xlabel(xlabel)

@@ -105,7 +105,7 @@ def report(cfg: Fig5Config, run: Any, results: list[dict[str, Any]]) -> None:
     panels = [(f"{v}: {label} validation accuracy", curves(cfg, results, v, f"{metric}_val_acc"))
               for v in cfg.variants for metric, label in (("best", "best"), ("final", "final-epoch"))]
     out = Path(run.out) / "fig5" / "fig5.png"
-    plot_panels(out, panels, xlabel=f"hidden units per layer ({cfg.layers} layers)", logx=True,
+    plot_panels(out, panels, xlabel=f"hidden units per layer ({cfg.layers} layers)", logx=True, ncols=2,
                 title=f"Fig. 5: {cfg.dataset} MLP, {cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr}")
     scalars = {}  # the real-data curve is in every variant's panel, once in TensorBoard
     for v in cfg.variants:
