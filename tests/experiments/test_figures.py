@@ -157,3 +157,13 @@ def test_fig2_smoothness_matches_numpy_reference():
         assert got[f].item() == pytest.approx(np.corrcoef(a, b)[0, 1], abs=1e-6)
     iid = fig2.smoothness(torch.randn(2000, 3, 5, 5, generator=g))
     assert abs(iid.mean().item()) < 0.02  # i.i.d. weights: no spatial correlation
+
+
+def test_fig6_rejects_a_bad_cap(tmp_path):
+    with pytest.raises(SystemExit, match="--max-epochs must be >= 1, got 0"):
+        load("fig6").main(["--dataset", "digits", "--max-epochs", "0", "--out", str(tmp_path)])
+
+
+def test_fig2_first_conv_needs_a_convolution():
+    with pytest.raises(ValueError, match="Sequential has no nn.Conv2d layer"):
+        load("fig2").first_conv(torch.nn.Sequential(torch.nn.Linear(2, 2)))
