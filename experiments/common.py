@@ -161,27 +161,34 @@ def read_scalars(log_dir: str | os.PathLike, tag: str) -> list[tuple[int, float]
 
 
 class EpochMetrics(pl.Callback):
-    """Records the Trainer's epoch-level metrics (``trainer.callback_metrics``, already synced across ranks) after
-    every validation, so a script can plot curves without re-reading the event files."""
+    """Records the Trainer's epoch-level metrics (``trainer.callback_metrics``, already synced across ranks) once
+    per training epoch, so a script can plot curves without re-reading the event files.
+
+    An epoch's row is taken when the *next* epoch starts (or training ends): only then has Lightning folded in what
+    the LightningModule logs in its own ``on_train_epoch_end``, which runs after the callbacks' hook.
+    """
 
     def __init__(self) -> None:
         self.rows: list[dict[str, float]] = []
         self.is_global_zero = True
-
-    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking:
-            return
-        row = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-        row["epoch"] = trainer.current_epoch
-        self.rows.append(row)
+        self._pending: int | None = None
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        # Training metrics are complete only now; merge them into this epoch's row.
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-        if self.rows and self.rows[-1]["epoch"] == trainer.current_epoch:
-            self.rows[-1].update(metrics)
-        else:
-            self.rows.append({**metrics, "epoch": trainer.current_epoch})
+        self._pending = trainer.current_epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._flush(trainer)
+
+    def _flush(self, trainer: pl.Trainer) -> None:
+        if self._pending is None:
+            return
+        row = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        row["epoch"] = self._pending
+        self.rows.append(row)
+        self._pending = None
 
     def series(self, key: str) -> tuple[list[int], list[float]]:
         pts = [(r["epoch"] + 1, r[key]) for r in self.rows if key in r]
@@ -189,15 +196,20 @@ class EpochMetrics(pl.Callback):
 
 
 def plot_panels(path: Path, panels: list[tuple[str, dict[str, tuple[list, list]]]], xlabel: str = "epoch",
-                title: str = "", logx: bool = False) -> None:
-    """One row of line plots: each panel is ``(ylabel, {curve name: (xs, ys)})``. Saved as PNG."""
+                title: str = "", logx: bool = False, ncols: int | None = None) -> None:
+    """Line plots, one row (or rows of ``ncols``): each panel is ``(ylabel, {curve name: (xs, ys)})``. Saved as
+    PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.6), squeeze=False)
-    for ax, (ylabel, curves) in zip(axes[0], panels):
+    ncols = min(ncols or len(panels), len(panels))
+    nrows = -(-len(panels) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.5 * ncols, 3.6 * nrows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (ylabel, curves) in zip(axes.flat, panels):
         for name, (xs, ys) in curves.items():
             ax.plot(xs, ys, marker="o", markersize=3, label=name)
         ax.set_xlabel(xlabel)
@@ -239,3 +251,77 @@ def fit(run: RunArgs, figure: str, name: str, config: Any, dm: NoisyDataModule, 
     trainer.fit(model, dm)
     metrics.is_global_zero = trainer.global_rank == 0
     return metrics
+
+class StopWhenReached(pl.Callback):
+    """Stops training at the end of the first training epoch whose ``monitor`` (an epoch-level metric such as
+    ``train/acc``) is at least ``target``, and records how many epochs that took.
+
+    :attr:`reached_epoch` is the number of epochs trained when the target was first met (1 = after the first
+    epoch), or None when training ended (at ``max_epochs``) without meeting it. The decision goes through
+    ``trainer.strategy.reduce_boolean_decision``, so every DDP rank stops at the same epoch.
+
+    Example:
+        >>> stop = StopWhenReached("train/acc", 1.0)
+        >>> stop.reached_epoch is None
+        True
+    """
+
+    def __init__(self, monitor: str = "train/acc", target: float = 1.0) -> None:
+        self.monitor = monitor
+        self.target = target
+        self.reached_epoch: int | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, target=self.target)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.reached_epoch is not None:
+            return
+        value = trainer.callback_metrics.get(self.monitor)
+        reached = value is not None and float(value) >= self.target
+        if trainer.strategy.reduce_boolean_decision(reached, all=False):
+            self.reached_epoch = trainer.current_epoch + 1
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"reached_epoch": self.reached_epoch}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.reached_epoch = state_dict["reached_epoch"]
+
+
+def noise_name(variant: str, fraction: float) -> str:
+    """A short run name for a noise level: ``real`` for no noise, else e.g. ``randY0.4``."""
+    return "real" if variant == "real" or fraction == 0 else f"{variant}{fraction:g}"
+
+
+def noisy_datamodule(dataset: str, data_dir: str, variant: str, fraction: float, **kwargs: Any) -> NoisyDataModule:
+    """:func:`make_datamodule` for a noise level: ``fraction`` of the training set corrupted the ``variant`` way
+    (``randX`` or ``randY``); fraction 0 (or ``variant="real"``) is the clean dataset."""
+    if not 0.0 <= fraction <= 1.0:
+        raise SystemExit(f"noise fractions must be in [0, 1], got {fraction}")
+    if variant == "real" or fraction == 0:
+        return make_datamodule(dataset, data_dir, "real", **kwargs)
+    return make_datamodule(dataset, data_dir, variant, noise_fraction=fraction, **kwargs)
+
+
+def write_summary(run: RunArgs, figure: str, scalars: dict[str, list[tuple[int, float]]], results: Any = None) -> Path:
+    """Log a figure's own curves (e.g. accuracy against hidden units) to TensorBoard under
+    ``<out>/<figure>/summary`` as ``tag -> [(x, y), ...]`` with x as the step, and, when given, write ``results``
+    as JSON beside them. Call on rank 0 only. Returns the summary folder."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    folder = Path(run.out) / figure / "summary"
+    for old in folder.glob("events.out.tfevents.*"):  # the summary of the latest sweep only, like its PNG
+        old.unlink()
+    writer = SummaryWriter(str(folder))
+    try:
+        for tag, points in scalars.items():
+            for x, y in points:
+                writer.add_scalar(tag, y, global_step=x)
+    finally:
+        writer.close()
+    if results is not None:
+        (Path(run.out) / figure / "results.json").write_text(json.dumps(results, indent=2, default=str))
+    return folder
