@@ -37,12 +37,23 @@ class Fig4Config:
     seed: int = 0
 
 
-QUICK = dict(dataset="digits", steps=2000, window=300)
+# The paper's plotting code used 32-unit layers; with 16 units the random-input network does not fit its 1,000
+# examples within a CPU-sized run, and the matrix of a network that has not memorised says little.
+QUICK = dict(dataset="digits", steps=20000, hidden=(32, 32), window=300)
 
 
 def diagonal_share(matrix: torch.Tensor) -> float:
-    """Share of the matrix's mass on its diagonal (1 = no cross-class influence at all)."""
+    """Share of the matrix's mass on its diagonal (1 = no cross-class influence at all). Dominated by the classes
+    whose loss is still large: a class that is fitted early contributes little to any cell of its row."""
     return float(matrix.diagonal().sum() / matrix.sum())
+
+
+def diagonal_dominance(matrix: torch.Tensor) -> float:
+    """Mean over rows i of ``M[i, i] / max_{j != i} M[i, j]``: how far each class's own examples stand above the
+    most influential other class (1 = some other class shapes the loss of class i as much as class i does)."""
+    off = matrix.clone()
+    off.fill_diagonal_(float("-inf"))
+    return float((matrix.diagonal() / off.max(1).values).mean())
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -57,9 +68,12 @@ def main(argv: list[str] | None = None) -> dict:
                          measure_every=cfg.measure_every, seed=cfg.seed, per_class=True)
         m = r.unrolled.class_matrix
         matrices[name] = m
-        summary[name] = {"diagonal_share": diagonal_share(m), "train_acc": r.train_acc}
-        print(f"[fig4] {name:>6}: diagonal share of the per-class matrix {summary[name]['diagonal_share']:.3f} "
-              f"(1/K = {1 / m.shape[0]:.3f} would be uniform), train acc {r.train_acc:.3f}", flush=True)
+        summary[name] = {"diagonal_dominance": diagonal_dominance(m), "diagonal_share": diagonal_share(m),
+                         "train_acc": r.train_acc}
+        print(f"[fig4] {name:>6}: diagonal dominance {summary[name]['diagonal_dominance']:.2f} (diagonal over the "
+              f"row's largest other cell, mean over rows), diagonal share of the mass "
+              f"{summary[name]['diagonal_share']:.3f} (1/K = {1 / m.shape[0]:.3f}), train acc {r.train_acc:.3f}",
+              flush=True)
     torch.save(matrices, out / "matrices.pt")
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     _plot(out / "fig4.png", matrices, summary, cfg)
@@ -78,7 +92,8 @@ def _plot(path: Path, matrices: dict, summary: dict, cfg: Fig4Config) -> None:
     for ax, (name, m) in zip(axes, matrices.items()):
         m = m.clamp_min(m[m > 0].min() if (m > 0).any() else 1e-12).numpy()
         im = ax.imshow(m, norm=LogNorm(), cmap="viridis")
-        ax.set_title(f"{name}: diagonal share {summary[name]['diagonal_share']:.2f}", fontsize=9)
+        ax.set_title(f"{name}: diagonal dominance {summary[name]['diagonal_dominance']:.2f}, "
+                     f"share {summary[name]['diagonal_share']:.2f}", fontsize=9)
         ax.set_xlabel("class j of the example x")
         ax.set_ylabel("class i of the loss L_t(y=i)")
         fig.colorbar(im, ax=ax, fraction=0.046)
