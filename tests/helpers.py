@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import pickle
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,3 +79,41 @@ def run_ddp_script(body: str, tmp_path: Path, devices: int = 2, timeout: int = 3
     if proc.returncode != 0:
         raise AssertionError(f"DDP script failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
     return proc
+
+
+# ------------------------------------------------------------------ the experiment scripts (not a package)
+EXPERIMENTS = REPO / "experiments"
+if str(EXPERIMENTS) not in sys.path:
+    sys.path.insert(0, str(EXPERIMENTS))  # the scripts import the shared runner as `common`
+
+
+def load(name: str) -> ModuleType:
+    """Import ``experiments/<name>.py`` (a script, not a package module)."""
+    spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the config's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def accumulator(folder: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc
+
+
+def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
+    return [(e.step, e.value) for e in accumulator(folder).Scalars(tag)]
+
+
+def run_dir(root: Path, figure: str, name: str) -> Path:
+    (folder,) = (root / figure / name).glob("version_*")
+    return folder
+
+
+def assert_png(path: Path) -> None:
+    import matplotlib.image
+
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+    assert image[..., :3].std() > 0.01  # not a blank canvas

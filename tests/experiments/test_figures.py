@@ -6,52 +6,13 @@ TensorBoard event files (with TensorBoard's own reader), the summary curves, ``r
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 import torch
-from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
-if str(EXPERIMENTS) not in sys.path:
-    sys.path.insert(0, str(EXPERIMENTS))  # the scripts import the shared runner as `common`
-
-
-def load(name: str) -> ModuleType:
-    """Import ``experiments/<name>.py`` (a script, not a package module)."""
-    spec = importlib.util.spec_from_file_location(f"experiments_{name}", EXPERIMENTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the config's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def accumulator(folder: Path) -> EventAccumulator:
-    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
-    acc.Reload()
-    return acc
-
-
-def scalars(folder: Path, tag: str) -> list[tuple[int, float]]:
-    return [(e.step, e.value) for e in accumulator(folder).Scalars(tag)]
-
-
-def run_dir(root: Path, figure: str, name: str) -> Path:
-    (folder,) = (root / figure / name).glob("version_*")
-    return folder
-
-
-def assert_png(path: Path) -> None:
-    import matplotlib.image
-
-    image = matplotlib.image.imread(path)
-    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
-    assert image[..., :3].std() > 0.01  # not a blank canvas
+from helpers import EXPERIMENTS, accumulator, assert_png, load, run_dir, scalars  # noqa: E402,F401
 
 
 def test_fig5_capacity_sweep(tmp_path):

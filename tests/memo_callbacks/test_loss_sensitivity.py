@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from datamodules import NoisyBatch, NoisyDigits
+from datamodules import NoisyDigits
 from helpers import run_ddp_script
 from memo_callbacks import LossSensitivity
 from memo_callbacks.functional import gini, input_gradient_sensitivity, unrolled_sensitivity
