@@ -178,7 +178,8 @@ class LossSensitivity(Callback):
         if not parsed.x.is_floating_point():
             raise TypeError(f"LossSensitivity needs floating-point inputs, got batch.x of dtype {parsed.x.dtype}")
         index = parsed.index.detach().long()
-        self._grow(int(index.max()) + 1)
+        if self.num_examples is None:  # size unknown: grow on demand (a host sync, so only when needed)
+            self._grow(int(index.max()) + 1)
         if self.mode == "proxy":
             if not parsed.x.is_leaf:
                 raise ValueError("LossSensitivity(mode='proxy') needs batch.x to be a leaf tensor (a plain input batch)")
