@@ -35,7 +35,8 @@ class Fig9Config:
     momentum: float = 0.9
     lr_halving_epochs: int = 15  # 0 = constant learning rate
     subset: int = 0  # training examples (0 = all)
-    csr_samples: int = 1000  # validation examples searched each epoch
+    csr_samples: int = 1000  # validation examples searched each time
+    csr_every: int = 1  # epochs between CSR measurements
     radius: float = 0.3  # LASS r on the 0-255 pixel scale; alpha and beta keep the paper's ratios 0.25/0.3, 0.2/0.3
     max_iter: int = 100
     seed: int = 0
@@ -47,10 +48,11 @@ QUICK = dict(dataset="digits", model="mlp", hidden=(512, 512), epochs=30, batch_
              lr_halving_epochs=0, csr_samples=297, radius=3.0)
 
 
-def csr_callback(cfg) -> CriticalSampleRatio:
+def csr_callback(cfg: Fig9Config) -> CriticalSampleRatio:
     """LASS at radius ``cfg.radius`` (pixel units), with the paper's ratios of step and noise to radius."""
-    return CriticalSampleRatio(num_samples=cfg.csr_samples, radius=cfg.radius, step_size=cfg.radius * 0.25 / 0.3,
-                               noise_std=cfg.radius * 0.2 / 0.3, max_iter=cfg.max_iter, seed=cfg.seed)
+    return CriticalSampleRatio(num_samples=cfg.csr_samples, every_n_epochs=cfg.csr_every,
+                               radius=cfg.radius, step_size=cfg.radius * 0.25 / 0.3, noise_std=cfg.radius * 0.2 / 0.3,
+                               max_iter=cfg.max_iter, seed=cfg.seed)
 
 
 def main(argv: list[str] | None = None) -> dict[str, EpochMetrics]:
