@@ -55,9 +55,16 @@ def csr_callback(cfg: Fig9Config) -> CriticalSampleRatio:
                                max_iter=cfg.max_iter, seed=cfg.seed)
 
 
+def csr_series(csr: CriticalSampleRatio, key: str = "csr/val") -> tuple[list[int], list[float]]:
+    """``(epochs, values)`` of the measurements the callback made (epochs counted from 1)."""
+    points = [(e["epoch"] + 1, e[key]) for e in csr.history if key in e]
+    return [p[0] for p in points], [p[1] for p in points]
+
+
 def main(argv: list[str] | None = None) -> dict[str, EpochMetrics]:
     cfg, run = parse_config(Fig9Config, QUICK, __doc__.split("\n")[0], argv)
     results: dict[str, EpochMetrics] = {}
+    curves: dict[str, tuple[list[int], list[float]]] = {}
     for variant in cfg.variants:
         dm = make_datamodule(cfg.dataset, cfg.data_dir, variant, batch_size=cfg.batch_size, seed=cfg.seed,
                              subset=cfg.subset or None, subset_mode="random")
@@ -65,16 +72,18 @@ def main(argv: list[str] | None = None) -> dict[str, EpochMetrics]:
         dm.setup("fit")
         model = build_classifier(cfg.model, dm, seed=cfg.seed, width=cfg.width, hidden=cfg.hidden, lr=cfg.lr,
                                  momentum=cfg.momentum, lr_halving_epochs=cfg.lr_halving_epochs or None)
-        metrics = fit(run, "fig9", variant, cfg, dm, model, cfg.epochs, [csr_callback(cfg)])
+        csr = csr_callback(cfg)
+        metrics = fit(run, "fig9", variant, cfg, dm, model, cfg.epochs, [csr])
         results[variant] = metrics
+        curves[variant] = csr_series(csr)  # only the epochs measured (see --csr-every)
         if metrics.is_global_zero:
             last = metrics.rows[-1]
-            print(f"[fig9] {variant}: CSR {last.get('csr/val', float('nan')):.4f}, "
+            print(f"[fig9] {variant}: CSR {curves[variant][1][-1] if curves[variant][1] else float('nan'):.4f}, "
                   f"train acc {last.get('train/acc', float('nan')):.3f}, val acc {last.get('val/acc', float('nan')):.3f}")
     if metrics.is_global_zero:
         out = Path(run.out) / "fig9" / "fig9.png"
         plot_panels(out, [
-            ("CSR (validation)", {v: m.series("csr/val") for v, m in results.items()}),
+            ("CSR (validation)", curves),
             ("training accuracy", {v: m.series("train/acc") for v, m in results.items()}),
             ("validation accuracy", {v: m.series("val/acc") for v, m in results.items()}),
         ], title=f"Fig. 9: {cfg.dataset}, {cfg.model}, r = {cfg.radius} pixel units")

@@ -44,7 +44,7 @@ QUICK = dict(dataset="digits", model="mlp", hidden=(512, 512), epochs=40, batch_
 def run(figure: str, noise: str, argv: list[str] | None, description: str) -> dict[float, object]:
     cfg, args = parse_config(NoiseLevelConfig, QUICK, description, argv)
     kind = "randY" if noise == "random_labels" else "randX"
-    results = {}
+    results, csr_curves = {}, {}
     for fraction in cfg.fractions:
         variant = "real" if fraction == 0 else kind
         dm = make_datamodule(cfg.dataset, cfg.data_dir, variant, noise_fraction=fraction, batch_size=cfg.batch_size,
@@ -58,11 +58,12 @@ def run(figure: str, noise: str, argv: list[str] | None, description: str) -> di
         metrics = fit(args, figure, f"{kind}_{fraction:.2f}", cfg, dm, model, cfg.epochs, [csr], noise=noise,
                       fraction=fraction)
         results[fraction] = metrics
+        csr_curves[fraction] = [(e["epoch"] + 1, e["csr/val"]) for e in csr.history]
         if metrics.is_global_zero:
             _, val = metrics.series("val/acc")
             best = max(range(len(val)), key=val.__getitem__)
             last = metrics.rows[-1]
-            print(f"[{figure}] {kind} {fraction:.0%}: final CSR {last.get('csr/val', float('nan')):.4f}, "
+            print(f"[{figure}] {kind} {fraction:.0%}: final CSR {csr_curves[fraction][-1][1]:.4f}, "
                   f"train acc {last.get('train/acc', float('nan')):.3f}, noisy-part acc "
                   f"{last.get('train/acc_noisy', float('nan')):.3f}, best val acc {val[best]:.3f} at epoch {best + 1}, "
                   f"final val acc {val[-1]:.3f}")
@@ -70,7 +71,7 @@ def run(figure: str, noise: str, argv: list[str] | None, description: str) -> di
         label = lambda f: f"{kind} {f:.0%}"  # noqa: E731
         out = Path(args.out) / figure / f"{figure}.png"
         plot_panels(out, [
-            ("CSR (validation)", {label(f): m.series("csr/val") for f, m in results.items()}),
+            ("CSR (validation)", {label(f): ([e for e, _ in pts], [v for _, v in pts]) for f, pts in csr_curves.items()}),
             ("training accuracy", {label(f): m.series("train/acc") for f, m in results.items()}),
             ("accuracy on the noisy part", {label(f): m.series("train/acc_noisy") for f, m in results.items() if f}),
             ("validation accuracy", {label(f): m.series("val/acc") for f, m in results.items()}),

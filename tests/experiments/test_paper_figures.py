@@ -123,3 +123,11 @@ def test_unknown_dataset_and_variant_are_clear(tmp_path: Path):
         fig9.main(["--dataset", "imagenet", "--out", str(tmp_path)])
     with pytest.raises(SystemExit, match="unknown variant 'randZ'"):
         fig9.main(["--quick", "--variants", "randZ", "--out", str(tmp_path)])
+
+
+def test_fig9_csr_every_measures_only_those_epochs(tmp_path: Path):
+    fig9 = load("fig9")
+    fig9.main(["--quick", "--epochs", "3", "--hidden", "16", "--csr-samples", "20", "--max-iter", "3",
+               "--csr-every", "2", "--variants", "real", "--out", str(tmp_path)])
+    events = accumulator(run_dir(tmp_path, "fig9", "real"))
+    assert len(events.Scalars("csr/val")) == 1  # epoch 2 only: nothing logged (or plotted) for epochs 1 and 3
