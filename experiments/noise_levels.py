@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import build_classifier, fit, make_datamodule, parse_config, plot_panels
+from common import build_classifier, fit, noisy_datamodule, parse_config, plot_panels
 
 from memo_callbacks import CriticalSampleRatio
 
@@ -46,9 +46,8 @@ def run(figure: str, noise: str, argv: list[str] | None, description: str) -> di
     kind = "randY" if noise == "random_labels" else "randX"
     results, csr_curves = {}, {}
     for fraction in cfg.fractions:
-        variant = "real" if fraction == 0 else kind
-        dm = make_datamodule(cfg.dataset, cfg.data_dir, variant, noise_fraction=fraction, batch_size=cfg.batch_size,
-                             seed=cfg.seed, subset=cfg.subset or None, subset_mode="random")
+        dm = noisy_datamodule(cfg.dataset, cfg.data_dir, kind, fraction, batch_size=cfg.batch_size, seed=cfg.seed,
+                              subset=cfg.subset or None, subset_mode="random")
         dm.prepare_data()
         dm.setup("fit")
         model = build_classifier(cfg.model, dm, seed=cfg.seed, width=cfg.width, hidden=cfg.hidden, lr=cfg.lr,
