@@ -10,7 +10,7 @@ predicted at ``x`` (Algorithm 1 of the paper, with the details of the first auth
     x~ = x
     for t = 1 .. max_iter:
         x~ = x~ + step_size * sign(grad_x~ CE(f(x~), c)) + noise_std * eta_t      # eta_t ~ N(0, I)
-        x~ = clip(clamp(x~, x - r, x + r))                                          # back into the box
+        x~ = clip(clamp(x~, x - r, x + r))      # back into the box, and into the valid range (widened to hold x)
         if argmax f(x~) != c: critical, stop (iterations = t)
 
 **Where the check happens.** The forward pass at the iterate ``x~_t`` serves twice: its ``argmax`` is the flip check
@@ -280,7 +280,8 @@ def lass(
         max_iter: maximum number of steps per sample.
         seed: seeds the noise stream.
         sample_ids: ``[N]`` integer ids (e.g. dataset indices) that key each sample's noise; default ``arange(N)``.
-        clip: ``(low, high)`` valid input range (floats or tensors broadcastable to one sample), applied after the
+        clip: ``(low, high)`` valid input range (floats or tensors broadcastable to one sample), widened per
+            coordinate to contain the clean point (a sample outside the range keeps its own box), applied after the
             box projection.
         batch_size: number of samples searched at once (slots); default ``min(N, 256)``.
         return_adversarial: also return the iterate at which each sample flipped (the last one where it did not).
@@ -380,8 +381,12 @@ def _search(
         """Clean points and box bounds ``[b, ...]`` of the samples ``rows`` (indices into x)."""
         clean = x[rows.to(x.device)].detach().to(**put)  # a copy: never an inference tensor
         lo, hi = clean - r, clean + r
-        if low is not None:  # clamp to [a, b] then to [c, d] == clamp to [clamp(a, c, d), clamp(b, c, d)]
-            lo, hi = torch.minimum(torch.maximum(lo, low), high), torch.minimum(torch.maximum(hi, low), high)
+        if low is not None:
+            # The box intersected with the valid range, widened where needed so that it always holds the clean point:
+            # a sample that starts outside the range (e.g. unclipped Gaussian randX inputs) keeps its own box and is
+            # never pushed onto the bound, which may lie many radii away.
+            lo = torch.maximum(lo, torch.minimum(low, clean))
+            hi = torch.minimum(hi, torch.maximum(high, clean))
         return clean, lo, hi
 
     # Slot state: rows [0, active) are live. `slot` holds each row's sample (index into x), `step` its number of

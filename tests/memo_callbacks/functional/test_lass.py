@@ -71,8 +71,9 @@ def reference_lass(model, x, r, alpha, beta, max_iter, seed, ids, clip=None):
             eta = torch.tensor([noise_py(seed, int(ids[i]), t, j) for j in range(x0.numel())], dtype=x.dtype)
             xt = xt.detach() + alpha * g.sign() + beta * eta.view_as(x0)
             xt = torch.minimum(torch.maximum(xt, x0 - r), x0 + r)
-            if clip is not None:
-                xt = xt.clamp(*clip)
+            if clip is not None:  # into the valid range, widened to hold the clean point itself
+                low, high = clip
+                xt = torch.maximum(torch.minimum(xt, x0.clamp(min=high)), x0.clamp(max=low))
             with torch.no_grad():
                 if model(xt).argmax(1).item() != c.item():
                     crit, it = True, t
@@ -240,3 +241,19 @@ def test_bad_inputs_and_model_outputs():
         lass(nn.Flatten(0), data(), radius=0.1, step_size=0.1, noise_std=0.1)
     with pytest.raises(ValueError, match="`std` must be non-empty and > 0"):
         pixels_to_input_units(0.3, torch.tensor([0.0]))
+
+
+def test_clip_never_moves_a_sample_outside_its_box():
+    """A clean point outside the valid range (unclipped randX noise) keeps its own box: the search never jumps to
+    the bound, which may be many radii away, and so never calls such a sample critical for a far-away flip."""
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(1, 2))
+    with torch.no_grad():  # class 1 iff x > 1.5
+        net[1].weight.copy_(torch.tensor([[-1.0], [1.0]]))
+        net[1].bias.copy_(torch.tensor([1.5, -1.5]))
+    x = torch.tensor([[[[-1.0]]], [[[0.5]]], [[[3.0]]]])  # below, inside and above the valid range [0, 1]
+    out = lass(net, x, radius=1e-3, step_size=1e-3, noise_std=0.0, max_iter=5, clip=(0.0, 1.0),
+               return_adversarial=True)
+    assert out.critical.tolist() == [False, False, False]
+    assert (out.adversarial - x).abs().max() <= 1e-3 + 1e-7
+    ref = reference_lass(net, x, 1e-3, 1e-3, 0.0, 5, seed=0, ids=torch.arange(3), clip=(0.0, 1.0))
+    assert ref[0].tolist() == out.critical.tolist()
