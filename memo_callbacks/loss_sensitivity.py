@@ -70,7 +70,8 @@ class LossSensitivity(Callback):
         loss_reduction: how the training step reduces its per-example losses, ``"mean"`` or ``"sum"`` (proxy).
         window: unrolled: number of last steps of the epoch that are replayed.
         measure_every: unrolled: differentiate ``L_t`` at every ``measure_every``-th step of the window.
-        every_n_epochs: measure (unrolled) / log (both) every this many epochs.
+        every_n_epochs: measure and log every this many epochs; nothing is collected in the epochs between (the
+            proxy's input gradients are not even computed there), so ``g_bar`` is always one epoch's mean.
         per_class: unrolled: also compute the per-class matrix (``C`` times the cost).
         num_classes: number of classes for ``per_class`` (default: the datamodule's ``num_classes`` or max label + 1).
         num_examples: training set size; default from ``trainer.datamodule.num_train``, else grown on demand.
@@ -180,12 +181,14 @@ class LossSensitivity(Callback):
         index = parsed.index.detach().long()
         if self.num_examples is None:  # size unknown: grow on demand (a host sync, so only when needed)
             self._grow(int(index.max()) + 1)
+        if not self._measured_epoch(trainer):
+            return  # nothing is collected between measured epochs: g_bar is always one epoch's mean
         if self.mode == "proxy":
             if not parsed.x.is_leaf:
                 raise ValueError("LossSensitivity(mode='proxy') needs batch.x to be a leaf tensor (a plain input batch)")
             self._x = parsed.x.requires_grad_(True)
             self._index = index
-        elif self._measured_epoch(trainer):
+        else:
             self._record(trainer, parsed.x, parsed.y, index, batch_idx)
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

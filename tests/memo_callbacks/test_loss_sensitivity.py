@@ -212,3 +212,17 @@ def test_same_values_on_one_and_two_processes(tmp_path):
     torch.testing.assert_close(two["unrolled"], one["unrolled"], rtol=1e-4, atol=1e-7)
     torch.testing.assert_close(two["matrix"], one["matrix"], rtol=1e-4, atol=1e-9)
     assert two["history"][-1]["gini"] == pytest.approx(one["history"][-1]["gini"], rel=1e-4)
+
+
+def test_every_n_epochs_collects_only_the_measured_epochs(tmp_path):
+    """With every_n_epochs=2 over 4 epochs, g_bar is each measured epoch's own mean: one draw per example per
+    measured epoch, and the values equal a run that measures every epoch, at epochs 2 and 4."""
+    dm = digits()
+    every = LossSensitivity()
+    fit(Tiny(), dm, [every], tmp_path / "a", epochs=4)
+    second = LossSensitivity(every_n_epochs=2)
+    fit(Tiny(), dm, [second], tmp_path / "b", epochs=4)
+    assert [h["epoch"] for h in second.history] == [1, 3]
+    assert torch.equal(second.total_count, torch.full((96,), 2))  # epochs 2 and 4 only
+    assert second.history[0]["gini"] == pytest.approx(every.history[1]["gini"], rel=1e-6)
+    assert second.history[1]["gini"] == pytest.approx(every.history[3]["gini"], rel=1e-6)
