@@ -187,7 +187,10 @@ class NoisyDataModule(LightningDataModule):
         self._require_setup()
         rank, world = self._rank_and_world()
         sampler = IndexSampler(self.num_train, self.shuffle, self.seed, rank, world, pad=True)
-        return TensorBatchLoader(self.train_x, self.train_y, self.train_noisy, self.batch_size, sampler, self.drop_last)
+        loader = TensorBatchLoader(self.train_x, self.train_y, self.train_noisy, self.batch_size, sampler, self.drop_last)
+        trainer = self.trainer
+        loader.resume_at(self._batches_done_this_epoch(), epoch=trainer.current_epoch if trainer is not None else 0)
+        return loader
 
     def val_dataloader(self) -> TensorBatchLoader:
         self._require_setup()
@@ -277,6 +280,19 @@ class NoisyDataModule(LightningDataModule):
     def _require_setup(self) -> None:
         if not self._built:
             raise RuntimeError(f"{type(self).__name__} is not set up; call `dm.setup('fit')` first")
+
+    def _batches_done_this_epoch(self) -> int:
+        """Training batches already done in the current epoch when resuming from a mid-epoch checkpoint, else 0.
+
+        Lightning restarts a plain dataloader from its first batch, replaying some batches and skipping others; the
+        order here is a function of (seed, epoch), so the loader can resume exactly where the checkpoint was taken.
+        """
+        trainer = self.trainer
+        fit_loop = getattr(trainer, "fit_loop", None)
+        if fit_loop is None or not fit_loop.restarting:
+            return 0
+        return int(fit_loop.epoch_loop.batch_progress.current.processed)  # trained on (a checkpoint taken in
+        # on_train_batch_end, as ModelCheckpoint(every_n_train_steps) does, counts its batch as processed, not completed)
 
     def _rank_and_world(self) -> tuple[int, int]:
         trainer = self.trainer

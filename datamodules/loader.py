@@ -101,6 +101,15 @@ class TensorBatchLoader:
         self.batch_size = batch_size
         self.sampler = sampler
         self.drop_last = drop_last
+        self._resume: tuple[int, int] | None = None  # (epoch, batches already done in it)
+
+    def resume_at(self, batches_done: int, epoch: int | None = None) -> None:
+        """Make passes over ``epoch`` (default: the sampler's current one) start after its first ``batches_done``
+        batches, until one such pass has run to its end or another epoch is iterated: how a run resumed from a
+        mid-epoch checkpoint sees exactly the batches it had not trained on yet."""
+        if batches_done < 0:
+            raise ValueError(f"`batches_done` must be >= 0, got {batches_done}")
+        self._resume = (self.sampler.epoch if epoch is None else epoch, batches_done) if batches_done else None
 
     @property
     def dataset_size(self) -> int:
@@ -111,8 +120,20 @@ class TensorBatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[NoisyBatch]:
+        first = 0
+        if self._resume is not None:
+            epoch, done = self._resume
+            if epoch == self.sampler.epoch:
+                first = done
+            else:
+                self._resume = None  # a new epoch starts from its first batch
+        return self._batches(first)
+
+    def _batches(self, first: int) -> Iterator[NoisyBatch]:
         order = self.sampler.indices().to(self.x.device)
         stop = len(self) * self.batch_size
-        for start in range(0, min(stop, order.numel()), self.batch_size):
+        for start in range(first * self.batch_size, min(stop, order.numel()), self.batch_size):
             idx = order[start : start + self.batch_size]
             yield NoisyBatch(self.x[idx], self.y[idx], idx, self.noisy[idx])
+        if first:
+            self._resume = None  # the resumed epoch has been completed

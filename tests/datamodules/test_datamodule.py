@@ -144,3 +144,38 @@ def test_trainer_reshuffles_every_epoch():
     loader = dm.train_dataloader()
     loader.sampler.set_epoch(2)
     assert torch.equal(next(iter(loader)).index[:8], model.first[2])  # the order is a function of (seed, epoch)
+
+
+def test_mid_epoch_resume_continues_with_the_batches_not_yet_trained_on(tmp_path):
+    """Lightning restarts a plain dataloader at its first batch after a mid-epoch checkpoint (replaying some batches,
+    skipping others); this loader resumes exactly where the checkpoint was taken."""
+    import pytorch_lightning as pl
+
+    class Recorder(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(64, 10)
+            self.seen = []
+
+        def training_step(self, batch, batch_idx):
+            self.seen.append((self.current_epoch, batch_idx, batch.index.clone()))
+            return torch.nn.functional.cross_entropy(self.lin(batch.x.flatten(1)), batch.y)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    dm = NoisyDigits(subset=600, batch_size=128, seed=0)  # 5 batches per epoch
+    kw = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    straight = Recorder()
+    pl.Trainer(max_epochs=2, enable_checkpointing=False, **kw).fit(straight, dm)
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=2, save_top_k=-1)
+    first = Recorder()
+    pl.Trainer(max_epochs=1, max_steps=2, callbacks=[ckpt], **kw).fit(first, dm)
+    resumed = Recorder()
+    pl.Trainer(max_epochs=2, enable_checkpointing=False, **kw).fit(resumed, dm, ckpt_path=str(tmp_path / "epoch=0-step=2.ckpt"))
+    both = first.seen + resumed.seen
+    assert [(e, i) for e, i, _ in both] == [(e, i) for e, i, _ in straight.seen]
+    for (_, _, a), (_, _, b) in zip(both, straight.seen):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="`batches_done` must be >= 0, got -1"):
+        dm.train_dataloader().resume_at(-1)
