@@ -133,6 +133,7 @@ class LossSensitivity(Callback):
         self.total_sum = torch.zeros(0, dtype=torch.float64)  # the whole run, all ranks
         self.total_count = torch.zeros(0, dtype=torch.int64)
         self.history: list[dict[str, float]] = []
+        self._partial_loaded = False
         self.last_g_bar: Tensor | None = None
         self.last_class_matrix: Tensor | None = None
         self._x: Tensor | None = None
@@ -164,6 +165,10 @@ class LossSensitivity(Callback):
             self._grow(self.num_examples)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._partial_loaded and trainer.global_rank != 0:  # the loaded partial sums are already all ranks'
+            self._sum.zero_()
+            self._count.zero_()
+        self._partial_loaded = False
         if self.mode == "unrolled":
             if len(trainer.optimizers) != 1:
                 raise ValueError(f"mode='unrolled' needs exactly one optimizer, got {len(trainer.optimizers)}")
@@ -231,10 +236,19 @@ class LossSensitivity(Callback):
             "history": list(self.history),
         }
 
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        # The current epoch's partial sums live on every rank, but only rank 0's state is written: store their sum
+        # over ranks (every rank saves, so every rank takes part in the reduction); on load, rank 0 alone keeps it.
+        state = checkpoint.get("callbacks", {}).get(self.state_key)
+        if state is not None and trainer.world_size > 1:
+            state["sum"] = all_reduce_sum(trainer, self._sum).cpu()
+            state["count"] = all_reduce_sum(trainer, self._count).cpu()
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         device = self._sum.device
         self._sum = state_dict["sum"].to(device)
         self._count = state_dict["count"].to(device)
+        self._partial_loaded = True
         self.total_sum = state_dict["total_sum"].to(device)
         self.total_count = state_dict["total_count"].to(device)
         self.history = list(state_dict["history"])

@@ -15,7 +15,8 @@ def all_reduce_sum(trainer, tensor: Tensor) -> Tensor:
     if trainer is None or trainer.world_size == 1:
         return tensor.long() if tensor.dtype == torch.bool else tensor
     device = trainer.strategy.root_device
-    work = tensor.to(device, torch.float64 if tensor.is_floating_point() else torch.int64)
+    # A copy: the collective reduces in place, and the caller's tensor must stay this rank's own.
+    work = tensor.to(device, torch.float64 if tensor.is_floating_point() else torch.int64, copy=True)
     out = trainer.strategy.reduce(work, reduce_op="sum")
     dtype = torch.int64 if tensor.dtype == torch.bool else tensor.dtype
     return out.to(tensor.device, dtype)
