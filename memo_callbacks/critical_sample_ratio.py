@@ -32,7 +32,8 @@ class _Split:
 class CriticalSampleRatio(Callback):
     """Logs the share of samples that have an adversarial example within an L-infinity box (found by LASS).
 
-    Every ``every_n_epochs`` epochs, at the end of validation (never during the sanity check), it runs
+    Every ``every_n_epochs`` epochs, at the end of the epoch's last validation (never during the sanity check nor
+    at mid-epoch validations; with ``check_val_every_n_epoch`` it runs only in epochs that validate), it runs
     :func:`~memo_callbacks.functional.lass` on a fixed seeded subset of the clean validation set and logs
 
     - ``csr/val``: critical samples / samples examined;
@@ -168,6 +169,8 @@ class CriticalSampleRatio(Callback):
     def _due(self, trainer: Trainer) -> bool:
         if trainer.state.fn != "fit":
             return True  # trainer.validate(): measure once
+        if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return False  # a mid-epoch validation (val_check_interval < 1): measure once per epoch, at its end
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -75,7 +75,9 @@ def dynamics_update(stats: Tensor, index: Tensor, correct: Tensor, loss: Tensor)
             f"{tuple(loss.shape)}"
         )
     n = stats.shape[1]
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= n):
+    # Checked on the CPU only: on an accelerator it would cost a host sync every step, and `index_add_` asserts
+    # the range on the device anyway.
+    if index.numel() and index.device.type == "cpu" and (int(index.min()) < 0 or int(index.max()) >= n):
         raise ValueError(f"dataset indices must be in [0, {n}), got values in [{int(index.min())}, {int(index.max())}]")
     values = torch.stack([correct.to(stats.dtype), loss.to(stats.dtype), torch.ones_like(loss, dtype=stats.dtype)])
     stats.index_add_(1, index.to(stats.device), values.to(stats.device))  # [3, B] summed into [3, N]

@@ -233,3 +233,18 @@ def test_more_samples_than_the_split_warns_and_examines_all():
                          enable_model_summary=False, callbacks=[csr], num_sanity_val_steps=0)
     with pytest.warns(UserWarning, match="1000 samples asked for but the split has 297; examining all 297"):
         trainer.fit(MLPClassifier((1, 8, 8), 10, hidden=(8,)), dm)
+
+
+def test_measures_once_per_epoch_with_mid_epoch_validation():
+    import pytorch_lightning as pl
+
+    from datamodules import NoisyDigits
+    from memo_callbacks import CriticalSampleRatio
+    from models import MLPClassifier
+
+    dm = NoisyDigits(subset=256, batch_size=32)  # 8 steps per epoch, validation every 4
+    csr = CriticalSampleRatio(num_samples=20, max_iter=2, unit="input", radius=0.1, step_size=0.1, noise_std=0.0)
+    trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, callbacks=[csr], num_sanity_val_steps=0, val_check_interval=0.5)
+    trainer.fit(MLPClassifier((1, 8, 8), 10, hidden=(8,)), dm)
+    assert [h["epoch"] for h in csr.history] == [0, 1]
