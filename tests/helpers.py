@@ -117,3 +117,17 @@ def assert_png(path: Path) -> None:
     image = matplotlib.image.imread(path)
     assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
     assert image[..., :3].std() > 0.01  # not a blank canvas
+
+
+# ------------------------------------------------------------------ a quiet CPU Trainer for unit tests
+def quiet_trainer(tmp_path: Path, **kwargs):
+    """A one-epoch CPU ``pl.Trainer`` without logger, checkpoints, progress bar, summary or sanity check;
+    ``kwargs`` override any of these."""
+    import pytorch_lightning as pl
+
+    options = dict(
+        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, max_epochs=1,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)

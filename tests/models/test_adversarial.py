@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import functools
 
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import NoisyDigits
@@ -17,14 +18,7 @@ from models import CNNClassifier, MLPClassifier, step_seed
 SHAPE = (1, 8, 8)
 
 
-def trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
-    options = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, max_epochs=1,
-        limit_val_batches=0,
-    )  # fmt: skip
-    options.update(kwargs)
-    return pl.Trainer(**options)
+trainer = functools.partial(quiet_trainer, limit_val_batches=0)
 
 
 class StepRecorder(pl.Callback):

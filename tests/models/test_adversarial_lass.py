@@ -1,32 +1,24 @@
-"""Adversarial training with the real LASS engine (skipped until ``memo_callbacks.functional.lass`` exists)."""
+"""Adversarial training with the real LASS engine."""
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
+import functools
 
 import pytest
-
-lass_module = pytest.importorskip("memo_callbacks.functional.lass")
-
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from helpers import quiet_trainer  # noqa: E402
 
 from datamodules import NoisyDigits  # noqa: E402
+from memo_callbacks.functional.lass import lass  # noqa: E402
 from models import CNNClassifier, MLPClassifier, step_seed  # noqa: E402
 
 SHAPE = (1, 8, 8)
 
 
-def trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
-    options = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, max_epochs=1,
-        limit_val_batches=0,
-    )  # fmt: skip
-    options.update(kwargs)
-    return pl.Trainer(**options)
+trainer = functools.partial(quiet_trainer, limit_val_batches=0)
 
 
 class ExpectedLoss(pl.Callback):
@@ -39,7 +31,7 @@ class ExpectedLoss(pl.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         model = copy.deepcopy(pl_module)
-        result = lass_module.lass(
+        result = lass(
             model, batch.x.detach().clone(), seed=step_seed(self.seed, trainer.global_step), sample_ids=batch.index,
             return_adversarial=True, **self.lass_kwargs,
         )  # fmt: skip

@@ -5,12 +5,12 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from helpers import quiet_trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
@@ -22,13 +22,7 @@ from models import CNNClassifier, MemorizationClassifier, MLPClassifier, Weighte
 SHAPE = (1, 8, 8)  # NoisyDigits
 
 
-def trainer(tmp_path: Path, **kwargs) -> pl.Trainer:
-    options = dict(
-        accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, max_epochs=1,
-    )  # fmt: skip
-    options.update(kwargs)
-    return pl.Trainer(**options)
+trainer = quiet_trainer
 
 
 def tiny_mlp(**kwargs) -> MLPClassifier:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-
 from helpers import run_ddp_script
 
 SCRIPT = """
