@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -335,6 +336,16 @@ class NoisyDataModule(LightningDataModule):
             else:
                 g = generator_from_seed(self.seed, _STREAM_SUBSET)
                 keep = torch.randperm(n, generator=g)[: self.subset].sort().values
+            kept_classes, all_classes = train.y[keep].unique().numel(), train.y.unique().numel()
+            if self.subset_mode == "first" and kept_classes < all_classes:
+                # A folder read class by class (ImageFolder) puts all of one class first: say so, loudly.
+                warnings.warn(
+                    f"`subset_mode='first'` kept the first {self.subset} training examples of {type(self).__name__}, "
+                    f"which hold only {kept_classes} of its {all_classes} classes (is the data sorted by class?); "
+                    "pass `subset_mode='random'` for a seeded subset of every class",
+                    UserWarning,
+                    stacklevel=2,
+                )
             train = RawSplit(train.x[keep], train.y[keep])
         self._check_downscale(self.downscale, tuple(train.x.shape))
 

@@ -52,7 +52,10 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     writer = SummaryWriter(str(out))
     rates, summary = {}, {}
     for variant in cfg.variants:
-        dm = make_datamodule(cfg.dataset, cfg.data_dir, variant, subset=cfg.examples, seed=cfg.seed)
+        # "first" N as the paper's Figure 3 takes them, except in a class-sorted image folder, where the first N
+        # examples are all of one class: a seeded subset of every class there.
+        mode = "random" if cfg.dataset == "cifar10-jpg" else "first"
+        dm = make_datamodule(cfg.dataset, cfg.data_dir, variant, subset=cfg.examples, subset_mode=mode, seed=cfg.seed)
         dm.prepare_data()
         dm.setup("fit")
         result = train_ensemble(dm.train_x.to(device), dm.train_y.to(device), num_members=cfg.runs,

@@ -1,5 +1,7 @@
 """MNIST, CIFAR-10 and image folders, read through torchvision from files written in their real on-disk formats."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -106,3 +108,18 @@ def test_image_folder_resize_and_errors(tmp_path):
         NoisyImageFolder(str(tmp_path / "a"), val_dir=None)
     with pytest.raises(ValueError, match="`mode` must be 'RGB' or 'L', got 'CMYK'"):
         NoisyImageFolder(str(tmp_path / "a"), mode="CMYK")
+
+
+def test_image_folder_first_subset_of_one_class_warns(tmp_path):
+    _write_folder(tmp_path / "imgs", "train", 4)
+    _write_folder(tmp_path / "imgs", "test", 1, seed=1)
+    # ImageFolder order is class by class: the first 4 training images are all cats.
+    first = NoisyImageFolder(str(tmp_path / "imgs"), cache_dir=tmp_path / "c", subset=4, normalize=False)
+    with pytest.warns(UserWarning, match=r"hold only 1 of its 3 classes.*subset_mode='random'"):
+        first.setup()
+    rand = NoisyImageFolder(str(tmp_path / "imgs"), cache_dir=tmp_path / "c", subset=4, subset_mode="random",
+                            normalize=False, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rand.setup()
+    assert rand.train_y.unique().numel() > 1
