@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
     val = torch.randperm(clean.num_val, generator=g)[: cfg.csr_samples]
     x_val, y_val = clean.val_x[val], clean.val_y[val]
     x_clean = clean.train_x[torch.randperm(clean.num_train, generator=g)[: cfg.recompute_samples]]
-    radius = clean.pixels_to_input_units(cfg.radius)
+    radius = clean.pixels_to_input_units(cfg.radius).view(-1, 1, 1)  # [C] -> [C, 1, 1], per channel
     summary: dict[str, dict[str, dict[str, float]]] = {}
     for variant in cfg.variants:
         dm = make_datamodule(cfg.dataset, cfg.data_dir, variant, **kw)
