@@ -141,3 +141,8 @@ def test_input_gradient_is_the_clean_terms(tmp_path, fake_lass):
     model = MLPClassifier(SHAPE, 10, hidden=(8,), adversarial_weight=w)
     trainer(tmp_path, callbacks=[hook]).fit(model, NoisyDigits(subset=10, batch_size=10, seed=0))
     torch.testing.assert_close(hook.got, hook.expected)
+
+
+def test_step_seed_needs_an_int():
+    with pytest.raises(TypeError, match=r"`seed` must be an int .*got '5'"):
+        step_seed("5", 1)
