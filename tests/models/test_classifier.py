@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import NoisyDigits
 from memo_callbacks import LASSConfig
-from models import CNNClassifier, MemorizationClassifier, MLPClassifier, WeightedMean
+from models import MLP, CNNClassifier, Crop, GaussianNoise, MemorizationClassifier, MLPClassifier, PaperCNN, WeightedMean
 
 SHAPE = (1, 8, 8)  # NoisyDigits
 
@@ -384,6 +384,24 @@ def test_bad_network_arguments():
         CNNClassifier((8, 8), 10)
     with pytest.raises(TypeError, match=r"`network` must be an nn.Module, got str"):
         MemorizationClassifier("mlp")
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: GaussianNoise(-1.0), ValueError, r"`std` must be a finite number >= 0, got -1.0"),
+        (lambda: GaussianNoise("0.1"), TypeError, r"`std` must be a finite number >= 0, got '0.1'"),
+        (lambda: Crop(-1), ValueError, r"`pixels` must be an int >= 0, got -1"),
+        (lambda: Crop(1.5), TypeError, r"`pixels` must be an int >= 0, got 1.5"),
+        (lambda: MLP(784.0, 10), TypeError, r"`in_features` must be an int >= 1, got 784.0"),
+        (lambda: MLP(784, 10, dropout=1.0), ValueError, r"`dropout` must be a finite number in \[0.0, 1.0\), got 1.0"),
+        (lambda: PaperCNN((3, 32, 32), 10, width=0.001), ValueError, r"`width` must give every layer at least one"),
+        (lambda: PaperCNN((3, 32, 32), 10, crop=-3), ValueError, r"`crop` must be an int >= 0, got -3"),
+    ],
+)
+def test_bad_plain_network_arguments(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
 
 
 def test_mlp_accepts_a_flat_input_size():
