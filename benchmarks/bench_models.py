@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -30,6 +31,9 @@ sys.path.insert(0, str(ROOT))
 
 from datamodules import IndexSampler, TensorBatchLoader  # noqa: E402
 from models import MLPClassifier  # noqa: E402
+
+#: Where the Trainers may write (nothing goes to the current directory); removed at exit.
+SCRATCH = tempfile.TemporaryDirectory(prefix="memo-callbacks-bench-")
 
 
 def sync(device: torch.device) -> None:
@@ -90,6 +94,7 @@ def main() -> None:
     trainer = pl.Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, max_epochs=1, logger=False,
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        default_root_dir=SCRATCH.name,
     )  # fmt: skip
     trainer.fit(model, loader)
     lightning = timer.seconds / args.steps

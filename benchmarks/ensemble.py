@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import tempfile
 import time
 import warnings
 
@@ -28,6 +29,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import NoisyDigits
 from memo_callbacks.functional import binomial_reference, misclassification_rate, train_ensemble
+
+#: Where the Trainers may write (nothing goes to the current directory); removed at exit.
+SCRATCH = tempfile.TemporaryDirectory(prefix="memo-callbacks-bench-")
 
 HIDDEN, LR, BATCH = (256, 256), 0.01, 32
 
@@ -57,7 +61,7 @@ def trainer_runs(x: torch.Tensor, y: torch.Tensor, runs: int) -> float:
         model = MLPModule(x[0].numel(), int(y.max()) + 1)
         loader = DataLoader(TensorDataset(x, y), batch_size=BATCH, shuffle=True)
         trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False)
+                             enable_progress_bar=False, enable_model_summary=False, default_root_dir=SCRATCH.name)
         trainer.fit(model, loader)
         with torch.no_grad():
             (model.net(x).argmax(1) == y).cpu()

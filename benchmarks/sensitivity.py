@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 
 import pytorch_lightning as pl
@@ -15,6 +16,9 @@ import torch.nn.functional as F
 from memo_callbacks import LossSensitivity
 from memo_callbacks.functional import SGDWindowRecorder, gini, unrolled_sensitivity
 from models import MLP
+
+#: Where the Trainers may write (nothing goes to the current directory); removed at exit.
+SCRATCH = tempfile.TemporaryDirectory(prefix="memo-callbacks-bench-")
 
 
 class Classifier(pl.LightningModule):
@@ -44,7 +48,7 @@ def time_training(steps: int, callback: LossSensitivity | None) -> float:
     torch.manual_seed(0)
     model = Classifier(MLP(784, 10, hidden=(4096, 4096)), lr=0.01)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False,
+                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=SCRATCH.name,
                          callbacks=[callback] if callback else [])
     loader = mnist_like(128 * steps)
     start = time.perf_counter()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+import os
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -11,6 +12,7 @@ import torch.nn.functional as F
 from pytorch_lightning import LightningDataModule
 from torch import Tensor
 
+from datamodules.checks import check_bool, check_choice, check_int, check_seed, is_int, is_real
 from datamodules.loader import IndexSampler, TensorBatchLoader
 from datamodules.noise import (
     INPUT_NOISES,
@@ -109,10 +111,11 @@ class NoisyDataModule(LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if noise not in NOISE_KINDS:
-            raise ValueError(f"`noise` must be one of {NOISE_KINDS}, got {noise!r}")
+        if not isinstance(data_dir, (str, os.PathLike)):
+            raise TypeError(f"`data_dir` must be a path (str or os.PathLike), got {data_dir!r} ({type(data_dir).__name__})")
+        check_choice(noise, "noise", NOISE_KINDS)
         if noise == "none":
-            if noise_fraction not in (None, 0, 0.0):
+            if noise_fraction not in (None, 0, 0.0) or isinstance(noise_fraction, bool):
                 raise ValueError(
                     f"`noise_fraction` must be left unset with noise='none', got {noise_fraction}; "
                     "choose a noise kind ('random_labels' or 'random_inputs') to corrupt examples"
@@ -120,13 +123,16 @@ class NoisyDataModule(LightningDataModule):
             noise_fraction = 0.0
         elif noise_fraction is None:
             noise_fraction = 1.0
-        if not isinstance(noise_fraction, (int, float)) or not 0.0 <= noise_fraction <= 1.0:
-            raise ValueError(f"`noise_fraction` must be in [0, 1], got {noise_fraction}")
-        if label_noise not in LABEL_NOISES:
-            raise ValueError(f"`label_noise` must be one of {LABEL_NOISES}, got {label_noise!r}")
-        if input_noise not in INPUT_NOISES:
-            raise ValueError(f"`input_noise` must be one of {INPUT_NOISES}, got {input_noise!r}")
-        if subset is not None and (not isinstance(subset, int) or subset < 1):
+        if not is_real(noise_fraction) or not 0.0 <= noise_fraction <= 1.0:
+            raise ValueError(f"`noise_fraction` must be in [0, 1], got {noise_fraction!r}")
+        check_choice(label_noise, "label_noise", LABEL_NOISES)
+        check_choice(input_noise, "input_noise", INPUT_NOISES)
+        for name, flag in (
+            ("one_class_per_example", one_class_per_example), ("normalize", normalize), ("shuffle", shuffle),
+            ("drop_last", drop_last), ("on_device", on_device),
+        ):  # fmt: skip
+            check_bool(flag, name)
+        if subset is not None and (not is_int(subset) or subset < 1):
             raise ValueError(f"`subset` must be a positive integer or None, got {subset!r}")
         if subset is not None and self.train_split_size is not None and val_size is None:
             if subset > self.train_split_size:
@@ -135,16 +141,15 @@ class NoisyDataModule(LightningDataModule):
                 )
         if subset_mode not in ("first", "random"):
             raise ValueError(f"`subset_mode` must be 'first' or 'random', got {subset_mode!r}")
-        if not isinstance(downscale, int) or downscale < 1:
+        if not is_int(downscale) or downscale < 1:
             raise ValueError(f"`downscale` must be a positive integer, got {downscale!r}")
         if self.image_shape is not None:
             self._check_downscale(downscale, self.image_shape)
-        if val_size is not None and (not isinstance(val_size, int) or val_size < 1):
+        if val_size is not None and (not is_int(val_size) or val_size < 1):
             raise ValueError(f"`val_size` must be a positive integer or None, got {val_size!r}")
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
-        if val_batch_size is not None and val_batch_size < 1:
-            raise ValueError(f"`val_batch_size` must be >= 1, got {val_batch_size}")
+        check_int(batch_size, "batch_size", minimum=1)
+        check_int(val_batch_size, "val_batch_size", minimum=1, allow_none=True)
+        seed = check_seed(seed)
 
         self.data_dir = data_dir
         self.noise = noise
@@ -152,13 +157,13 @@ class NoisyDataModule(LightningDataModule):
         self.label_noise = label_noise
         self.input_noise = input_noise
         self.one_class_per_example = one_class_per_example
-        self.subset = subset
+        self.subset = None if subset is None else int(subset)
         self.subset_mode = subset_mode
-        self.downscale = downscale
+        self.downscale = int(downscale)
         self.normalize = normalize
-        self.val_size = val_size
-        self.batch_size = batch_size
-        self.val_batch_size = val_batch_size or batch_size
+        self.val_size = None if val_size is None else int(val_size)
+        self.batch_size = int(batch_size)
+        self.val_batch_size = int(val_batch_size or batch_size)
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.on_device = on_device

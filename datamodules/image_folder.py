@@ -13,6 +13,7 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from torchvision.transforms.v2 import functional as TF
 
 from datamodules.base import NoisyDataModule, RawSplit
+from datamodules.checks import check_str, is_int
 
 
 def default_cache_dir() -> Path:
@@ -51,10 +52,18 @@ class NoisyImageFolder(NoisyDataModule):
     ) -> None:
         if mode not in ("RGB", "L"):
             raise ValueError(f"`mode` must be 'RGB' or 'L', got {mode!r}")
-        if isinstance(image_size, int):
+        check_str(train_dir, "train_dir")
+        check_str(val_dir, "val_dir", allow_none=True)
+        if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+            raise TypeError(f"`cache_dir` must be a path (str or os.PathLike) or None, got {cache_dir!r}")
+        if is_int(image_size):
             image_size = (image_size, image_size)
-        if image_size is not None and (len(image_size) != 2 or min(image_size) < 1):
+        if image_size is not None and (
+            not isinstance(image_size, (tuple, list)) or len(image_size) != 2 or not all(is_int(v) and v >= 1 for v in image_size)
+        ):
             raise ValueError(f"`image_size` must be a positive int or (H, W), got {image_size!r}")
+        if image_size is not None:
+            image_size = (int(image_size[0]), int(image_size[1]))
         if val_dir is None and kwargs.get("val_size") is None:
             raise ValueError("`val_dir` is None: pass `val_size` to hold out part of the training images instead")
         super().__init__(data_dir=data_dir, **kwargs)
@@ -110,7 +119,10 @@ class NoisyImageFolder(NoisyDataModule):
         read_mode = ImageReadMode.RGB if self.mode == "RGB" else ImageReadMode.GRAY
 
         def one(path: str) -> torch.Tensor:
-            img = decode_image(read_file(path), mode=read_mode)  # [C, H, W] uint8
+            try:
+                img = decode_image(read_file(path), mode=read_mode)  # [C, H, W] uint8
+            except (RuntimeError, ValueError, OSError) as err:  # torchvision names neither the file nor the folder
+                raise ValueError(f"cannot decode the image file {path!r} (corrupt or not an image): {err}") from err
             if self.image_size is not None and tuple(img.shape[1:]) != self.image_size:
                 img = TF.resize(img, list(self.image_size), antialias=True)
             return img

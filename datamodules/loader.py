@@ -14,6 +14,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
+from datamodules.checks import check_bool, check_int, check_seed
 from datamodules.noise import generator_from_seed
 
 
@@ -44,6 +45,12 @@ class IndexSampler:
     def __init__(
         self, num_examples: int, shuffle: bool, seed: int, rank: int = 0, world_size: int = 1, pad: bool = True
     ) -> None:
+        num_examples = check_int(num_examples, "num_examples", minimum=0)
+        check_bool(shuffle, "shuffle")
+        check_bool(pad, "pad")
+        seed = check_seed(seed)
+        world_size = check_int(world_size, "world_size", minimum=1)
+        rank = check_int(rank, "rank", minimum=0)
         if not 0 <= rank < world_size:
             raise ValueError(f"`rank` must be in [0, world_size={world_size}), got {rank}")
         self.num_examples = num_examples
@@ -95,8 +102,14 @@ class TensorBatchLoader:
     def __init__(
         self, x: Tensor, y: Tensor, noisy: Tensor, batch_size: int, sampler: IndexSampler, drop_last: bool = False
     ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"`batch_size` must be >= 1, got {batch_size}")
+        batch_size = check_int(batch_size, "batch_size", minimum=1)
+        check_bool(drop_last, "drop_last")
+        if not isinstance(sampler, IndexSampler):
+            raise TypeError(f"`sampler` must be an IndexSampler, got {type(sampler).__name__}")
+        for name, t in (("x", x), ("y", y), ("noisy", noisy)):
+            if not isinstance(t, Tensor) or t.dim() < 1 or t.shape[0] != sampler.num_examples:
+                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
+                raise ValueError(f"`{name}` must be a tensor with the sampler's {sampler.num_examples} rows, got {got}")
         self.x, self.y, self.noisy = x, y, noisy
         self.batch_size = batch_size
         self.sampler = sampler

@@ -13,6 +13,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from datamodules.checks import check_seed
+
 NoiseKind = Literal["none", "random_labels", "random_inputs"]
 LabelNoise = Literal["uniform", "wrong"]
 InputNoise = Literal["gaussian", "gaussian_global", "uniform"]
@@ -52,8 +54,10 @@ def derive_seed(seed: int, *keys: object) -> int:
 
     Torch's CPU generator (mt19937) keeps only the low 32 bits of a seed, so streams cannot be told apart by high
     bits, and ``seed + k`` would make the stream ``k`` of seed 0 the stream 0 of seed ``k``. Hashing avoids both.
+    The seed is hashed as text, so it must be an int (:func:`~datamodules.checks.check_seed`): ``0``, ``0.0`` and
+    ``tensor(0)`` would otherwise name three different streams.
     """
-    text = ":".join(str(k) for k in (seed, *keys))
+    text = ":".join(str(k) for k in (check_seed(seed), *keys))
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
 
 

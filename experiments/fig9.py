@@ -18,7 +18,7 @@ from pathlib import Path
 
 from common import EpochMetrics, build_classifier, fit, make_datamodule, parse_config, plot_panels
 
-from memo_callbacks import CriticalSampleRatio
+from memo_callbacks import CriticalSampleRatio, LASSConfig
 
 
 @dataclass
@@ -50,9 +50,9 @@ QUICK = dict(dataset="digits", model="mlp", hidden=(512, 512), epochs=30, batch_
 
 def csr_callback(cfg: Fig9Config) -> CriticalSampleRatio:
     """LASS at radius ``cfg.radius`` (pixel units), with the paper's ratios of step and noise to radius."""
-    return CriticalSampleRatio(num_samples=cfg.csr_samples, every_n_epochs=cfg.csr_every,
-                               radius=cfg.radius, step_size=cfg.radius * 0.25 / 0.3, noise_std=cfg.radius * 0.2 / 0.3,
-                               max_iter=cfg.max_iter, seed=cfg.seed)
+    lass = LASSConfig(radius=cfg.radius, step_size=cfg.radius * 0.25 / 0.3, noise_std=cfg.radius * 0.2 / 0.3,
+                      max_iter=cfg.max_iter, seed=cfg.seed)
+    return CriticalSampleRatio(num_samples=cfg.csr_samples, every_n_epochs=cfg.csr_every, lass=lass)
 
 
 def csr_series(csr: CriticalSampleRatio, key: str = "csr/val") -> tuple[list[int], list[float]]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from common import build_classifier, fit, noisy_datamodule, parse_config, plot_panels
 
-from memo_callbacks import CriticalSampleRatio
+from memo_callbacks import CriticalSampleRatio, LASSConfig
 
 
 @dataclass
@@ -52,8 +52,9 @@ def run(figure: str, noise: str, argv: list[str] | None, description: str) -> di
         dm.setup("fit")
         model = build_classifier(cfg.model, dm, seed=cfg.seed, width=cfg.width, hidden=cfg.hidden, lr=cfg.lr,
                                  momentum=cfg.momentum, lr_halving_epochs=cfg.lr_halving_epochs or None)
-        csr = CriticalSampleRatio(num_samples=cfg.csr_samples, radius=cfg.radius, step_size=cfg.radius * 0.25 / 0.3,
-                                  noise_std=cfg.radius * 0.2 / 0.3, max_iter=cfg.max_iter, seed=cfg.seed)
+        lass = LASSConfig(radius=cfg.radius, step_size=cfg.radius * 0.25 / 0.3, noise_std=cfg.radius * 0.2 / 0.3,
+                          max_iter=cfg.max_iter, seed=cfg.seed)
+        csr = CriticalSampleRatio(num_samples=cfg.csr_samples, lass=lass)
         metrics = fit(args, figure, f"{kind}_{fraction:.2f}", cfg, dm, model, cfg.epochs, [csr], noise=noise,
                       fraction=fraction)
         results[fraction] = metrics

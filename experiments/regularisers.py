@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 from common import build_classifier, fit, make_datamodule
 
+from memo_callbacks import LASSConfig
+
 #: How a (regulariser, strength) pair becomes classifier arguments.
 REGULARISERS = {
     "dropout": lambda s, cfg: dict(dropout=s),
@@ -24,7 +26,7 @@ REGULARISERS = {
     "weight_decay": lambda s, cfg: dict(weight_decay=s),
     # The paper combines adversarial training (weight 0.2-0.7) with dropout (0.03-0.5).
     "adversarial": lambda s, cfg: dict(adversarial_weight=s, dropout=cfg.adversarial_dropout if s else 0.0,
-                                       adversarial_max_iter=cfg.adversarial_max_iter),
+                                       lass=LASSConfig(max_iter=cfg.adversarial_max_iter, seed=cfg.seed)),
 }
 
 
@@ -81,7 +83,7 @@ def sweep(figure: str, cfg: RegulariserConfig, args, strengths: dict[str, tuple[
                 dm.setup("fit")
                 model = build_classifier(cfg.model, dm, seed=cfg.seed, width=cfg.width, hidden=cfg.hidden, lr=cfg.lr,
                                          momentum=cfg.momentum, lr_halving_epochs=cfg.lr_halving_epochs or None,
-                                         adversarial_seed=cfg.seed, **REGULARISERS[reg](strength, cfg))
+                                         **REGULARISERS[reg](strength, cfg))
                 name = "baseline" if strength == 0 else f"{reg}_{strength:g}"
                 pair[variant] = fit(args, figure, f"{name}/{variant}", cfg, dm, model, cfg.epochs,
                                     regulariser=reg, strength=strength, variant=variant)

@@ -2,6 +2,7 @@
 
 from memo_callbacks.critical_sample_ratio import CriticalSampleRatio
 from memo_callbacks.example_dynamics import DynamicsHistory, ExampleDynamics
+from memo_callbacks.functional.lass import LASSConfig
 from memo_callbacks.loss_sensitivity import LossSensitivity
 
-__all__: list[str] = ["CriticalSampleRatio", "DynamicsHistory", "ExampleDynamics", "LossSensitivity"]
+__all__: list[str] = ["CriticalSampleRatio", "DynamicsHistory", "ExampleDynamics", "LASSConfig", "LossSensitivity"]

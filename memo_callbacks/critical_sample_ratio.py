@@ -12,11 +12,9 @@ from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import default_collate
 
-from memo_callbacks.functional.lass import lass, pixels_to_input_units
+from datamodules.checks import check_bool, check_callable, check_int, is_real
+from memo_callbacks.functional.lass import LASSConfig, lass, pixels_to_input_units
 from memo_callbacks.utilities import BatchAdapter, all_reduce_sum, find_tensorboard, rank_shard, unpack_batch
-
-Unit = Literal["pixel", "input"]
-_UNITS = ("pixel", "input")
 
 
 @dataclass
@@ -53,11 +51,14 @@ class CriticalSampleRatio(Callback):
     dataset index, so the same example gets the same noise every epoch (common random numbers: epoch-to-epoch
     changes of the curve come from the model, not from the noise).
 
-    **Units.** With ``unit="pixel"`` (default) ``radius``, ``step_size`` and ``noise_std`` are on the 0-255 pixel
+    **The search** is set by one :class:`~memo_callbacks.functional.LASSConfig` (``lass``), the paper's by default.
+    **Units.** With ``unit="pixel"`` (default) its ``radius``, ``step_size`` and ``noise_std`` are on the 0-255 pixel
     scale (the paper's r = 0.3, alpha = 0.25, beta = 0.2) and converted per channel with the inputs' ``std`` and
     ``pixel_scale``, taken from the arguments or else from the datamodule (``dm.std``, ``dm.pixel_scale``); with
-    ``unit="input"`` they are used as given. ``clip="auto"`` keeps the search inside ``dm.input_bounds`` when the
-    datamodule has them.
+    ``unit="input"`` they are used as given. **Clipping.** By default (``clip=None``) the search explores the whole
+    L-inf box, the paper's definition, even where it leaves the valid pixel range; ``clip="auto"`` keeps it inside
+    ``dm.input_bounds`` when the datamodule has them (a lower CSR, notably for noise-trained networks), and an
+    explicit ``(low, high)`` pair inside those bounds.
 
     **DDP.** Each rank searches its disjoint strided share of the subset (no padding: every example on exactly one
     rank); the counts are summed exactly (int64) on every rank after the search, so every rank logs the same value.
@@ -65,20 +66,18 @@ class CriticalSampleRatio(Callback):
     Args:
         num_samples: validation examples examined (None: all of them).
         every_n_epochs: run at the end of every n-th epoch's validation.
-        radius, step_size, noise_std: LASS's r, alpha and beta, in ``unit``.
-        unit: ``"pixel"`` (0-255 scale) or ``"input"`` (model-input units).
-        max_iter: LASS steps per sample.
-        seed: chooses the subsets and seeds the LASS noise.
+        lass: LASS's radius, step size, noise, unit, iterations, clipping and seed (its seed also chooses the
+            subsets); None: ``LASSConfig()``, the paper's settings.
         batch_size: samples searched at once per rank.
         train: also measure on the training set.
         num_train_samples: training examples examined (None: all of them).
         input_std: ``[C]`` per-channel std of the inputs (pixel units); default from the datamodule.
         pixel_scale: one pixel unit in raw input units; default ``dm.pixel_scale``, else 1/255.
-        clip: ``"auto"``, a ``(low, high)`` pair in input units (floats or ``[C]`` tensors), or None.
         batch_adapter: turns one collated dataset batch into a :class:`~memo_callbacks.utilities.ParsedBatch`.
 
     Example:
-        >>> csr = CriticalSampleRatio(num_samples=500, every_n_epochs=5, train=True)
+        >>> csr = CriticalSampleRatio(num_samples=500, every_n_epochs=5, train=True)  # the paper's LASS
+        >>> clipped = CriticalSampleRatio(lass=LASSConfig(radius=3.0, clip="auto"))
         >>> csr.state_key
         "CriticalSampleRatio{'num_samples': 500, 'seed': 0, 'radius': 0.3, 'unit': 'pixel', 'train': True}"
     """
@@ -87,41 +86,39 @@ class CriticalSampleRatio(Callback):
         self,
         num_samples: int | None = 1000,
         every_n_epochs: int = 1,
-        radius: float = 0.3,
-        step_size: float = 0.25,
-        noise_std: float = 0.2,
-        unit: Unit = "pixel",
-        max_iter: int = 100,
-        seed: int = 0,
+        lass: LASSConfig | None = None,
         batch_size: int = 256,
         train: bool = False,
         num_train_samples: int | None = 1000,
         input_std: float | Sequence[float] | Tensor | None = None,
         pixel_scale: float | None = None,
-        clip: Literal["auto"] | tuple[float | Tensor, float | Tensor] | None = "auto",
         batch_adapter: BatchAdapter | None = None,
     ) -> None:
         for name, value in (("num_samples", num_samples), ("num_train_samples", num_train_samples)):
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
                 raise ValueError(f"`{name}` must be a positive integer or None (all examples), got {value!r}")
-        for name, value in (("every_n_epochs", every_n_epochs), ("max_iter", max_iter), ("batch_size", batch_size)):
+        for name, value in (("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
-        for name, value in (("radius", radius), ("step_size", step_size), ("noise_std", noise_std)):
-            if not isinstance(value, (int, float)) or not value >= 0:
-                raise ValueError(f"`{name}` must be a number >= 0, got {value!r}")
-        if unit not in _UNITS:
-            raise ValueError(f"`unit` must be one of {_UNITS}, got {unit!r}")
-        if pixel_scale is not None and not pixel_scale > 0:
-            raise ValueError(f"`pixel_scale` must be > 0, got {pixel_scale!r}")
+        if lass is None:
+            lass = LASSConfig()
+        if not isinstance(lass, LASSConfig):
+            raise TypeError(f"`lass` must be a LASSConfig or None, got {type(lass).__name__}")
+        check_bool(train, "train")
+        if pixel_scale is not None and not (is_real(pixel_scale) and pixel_scale > 0):
+            raise ValueError(f"`pixel_scale` must be a finite number > 0 or None, got {pixel_scale!r}")
         if input_std is not None:
-            input_std = torch.as_tensor(input_std, dtype=torch.float32).flatten()
-            if input_std.numel() == 0 or bool((input_std <= 0).any()):
-                raise ValueError(f"`input_std` must be non-empty and > 0, got {input_std.tolist()}")
-        if not (clip is None or clip == "auto" or (isinstance(clip, (tuple, list)) and len(clip) == 2)):
-            raise ValueError(f"`clip` must be 'auto', a (low, high) pair or None, got {clip!r}")
-        if batch_adapter is not None and not callable(batch_adapter):
-            raise TypeError(f"`batch_adapter` must be callable, got {type(batch_adapter).__name__}")
+            try:
+                input_std = torch.as_tensor(input_std, dtype=torch.float32).flatten()
+            except (TypeError, ValueError, RuntimeError):
+                raise ValueError(f"`input_std` must be a positive number or a sequence of them, got {input_std!r}") from None
+            if input_std.numel() == 0 or not bool(((input_std > 0) & torch.isfinite(input_std)).all()):
+                raise ValueError(f"`input_std` must be non-empty, finite and > 0, got {input_std.tolist()}")
+        check_callable(batch_adapter, "batch_adapter")
+        #: The LASS settings (the attributes below are read from it).
+        self.lass = lass
+        radius, step_size, noise_std, unit = lass.radius, lass.step_size, lass.noise_std, lass.unit
+        max_iter, seed, clip = lass.max_iter, lass.seed, lass.clip
         self.num_samples = num_samples
         self._warned_small = False
         self.every_n_epochs = every_n_epochs
@@ -151,7 +148,13 @@ class CriticalSampleRatio(Callback):
             raise ValueError(
                 "CriticalSampleRatio(unit='pixel') needs the inputs' per-channel std to convert pixel units: pass "
                 "`input_std=[...]` (and `pixel_scale`), use a datamodule with a `std` attribute, or give the "
-                "parameters in model-input units with `unit='input'`"
+                "parameters in model-input units with `lass=LASSConfig(unit='input', ...)`"
+            )
+        if isinstance(self.clip, str) and not _has(trainer.datamodule, "input_bounds"):
+            raise ValueError(
+                "CriticalSampleRatio with LASSConfig(clip='auto') needs a datamodule with `input_bounds` (as "
+                "datamodules.NoisyDataModule has); pass explicit bounds `clip=(low, high)`, or clip=None (the "
+                "paper's box)"
             )
 
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -20,6 +20,7 @@ from memo_callbacks.functional.dynamics import (
     first_learned_epoch,
     learned_for_good_epoch,
 )
+from datamodules.checks import check_bool, check_callable, check_str
 from memo_callbacks.utilities import (
     BatchAdapter,
     ParsedBatch,
@@ -29,6 +30,7 @@ from memo_callbacks.utilities import (
     rank_shard,
     unpack_batch,
 )
+from memo_callbacks.utilities.files import callback_dir, check_plain_name, unclaimed_path
 
 DynamicsMode = Literal["eval_pass", "train_step"]
 _MODES = ("eval_pass", "train_step")
@@ -96,7 +98,11 @@ class ExampleDynamics(Callback):
     ``{name}/loss_{all,clean,noisy}`` (mean loss); to TensorBoard also histograms ``{name}/first_learned_epoch``
     (and ``_clean`` / ``_noisy``). Groups that are empty are not logged. At the end of fitting the whole
     :class:`DynamicsHistory` (plus ``first_learned`` and ``learned_for_good``) is saved with :func:`torch.save` to
-    ``trainer.log_dir / filename``. The history is part of the callback's checkpoint state: a resumed run continues
+    ``{log_dir}/{name}/{filename}``: ``log_dir`` is the logger's log folder, or the Trainer's ``default_root_dir``
+    without a logger (Lightning's default for that is the current directory: pass ``default_root_dir`` to put it
+    elsewhere). A file there that this callback did not write in this run is never overwritten: the history is
+    written as ``<stem>-v1.pt`` (``-v2``, ...) instead, with a warning; ``saved_paths`` lists what was written. The
+    history is part of the callback's checkpoint state: a resumed run continues
     it (an epoch recorded again replaces its earlier row).
 
     Memory: ``R x N`` bytes for correctness plus ``R x N`` losses of ``loss_dtype`` (pass ``torch.float16`` to
@@ -114,8 +120,8 @@ class ExampleDynamics(Callback):
             must carry the dataset index of each example.
         loss_dtype: dtype of the stored losses.
         log_histogram: log the first-learned histograms to TensorBoard.
-        filename: name of the history file beside the logs; None to not save one.
-        name: prefix of the logged tags.
+        filename: name of the history file in the callback's folder; None to not save one.
+        name: prefix of the logged tags, and the name of the callback's folder under the log folder (a plain name).
 
     Example:
         >>> from memo_callbacks import ExampleDynamics
@@ -140,18 +146,23 @@ class ExampleDynamics(Callback):
     ) -> None:
         if mode not in _MODES:
             raise ValueError(f"`mode` must be one of {_MODES}, got {mode!r}")
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 1:
+        if not isinstance(every_n_epochs, int) or isinstance(every_n_epochs, bool) or every_n_epochs < 1:
             raise ValueError(f"`every_n_epochs` must be a positive integer, got {every_n_epochs!r}")
-        if num_examples is not None and (not isinstance(num_examples, int) or num_examples < 1):
+        if num_examples is not None and (not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 1):
             raise ValueError(f"`num_examples` must be a positive integer or None, got {num_examples!r}")
-        if not isinstance(eval_batch_size, int) or eval_batch_size < 1:
+        if not isinstance(eval_batch_size, int) or isinstance(eval_batch_size, bool) or eval_batch_size < 1:
             raise ValueError(f"`eval_batch_size` must be a positive integer, got {eval_batch_size!r}")
         if loss_dtype not in _LOSS_DTYPES:
             raise ValueError(f"`loss_dtype` must be one of {_LOSS_DTYPES}, got {loss_dtype!r}")
-        if filename is not None and (not filename or Path(filename).name != filename):
-            raise ValueError(f"`filename` must be a plain file name (or None), got {filename!r}")
+        if filename is not None:
+            check_plain_name(filename, "filename")
         if not name:
             raise ValueError(f"`name` must be a non-empty tag prefix, got {name!r}")
+        check_plain_name(name, "name")
+        check_str(logits_key, "logits_key")
+        check_callable(loss_fn, "loss_fn")
+        check_callable(batch_adapter, "batch_adapter")
+        check_bool(log_histogram, "log_histogram")
         self.mode = mode
         self.every_n_epochs = every_n_epochs
         self.num_examples = num_examples
@@ -173,6 +184,9 @@ class ExampleDynamics(Callback):
         # this epoch's [5, N] float64 sums: correct, loss, observations, noisy flags, observations carrying a flag
         self._stats: Tensor | None = None
         self._recorded_epoch: int | None = None
+        #: The files written in this run (the history file, or its ``-vN`` variant where the name was taken).
+        self.saved_paths: list[Path] = []
+        self._written: set[Path] = set()
 
     @property
     def state_key(self) -> str:
@@ -191,6 +205,7 @@ class ExampleDynamics(Callback):
 
     # ----------------------------------------------------------------------------------------------- hooks
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self.saved_paths, self._written = [], set()  # a new run: files of earlier runs are never overwritten
         n = self._resolve_num_examples(trainer)
         if self._n is not None and self._n != n and self._epochs:
             raise RuntimeError(
@@ -226,9 +241,12 @@ class ExampleDynamics(Callback):
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.filename is None:
             return
-        log_dir = trainer.log_dir or trainer.default_root_dir  # a collective: every rank asks
+        folder = callback_dir(trainer, self.name)  # a collective: every rank asks
         if trainer.is_global_zero:
-            self._save(Path(log_dir) / self.filename)
+            folder.mkdir(parents=True, exist_ok=True)
+            path = unclaimed_path(folder / self.filename, self._written)
+            self._save(path)
+            self.saved_paths.append(path)
 
     def state_dict(self) -> dict[str, Any]:
         h = self.history

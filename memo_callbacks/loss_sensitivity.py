@@ -20,7 +20,9 @@ from memo_callbacks.functional.sensitivity import (
     per_example_norm,
 )
 from memo_callbacks.functional.unrolled import SGDRule, SGDWindowRecorder, unrolled_sensitivity
+from datamodules.checks import check_bool, check_callable, check_int
 from memo_callbacks.utilities import BatchAdapter, all_reduce_sum, find_tensorboard, preserved_state, rank_shard, unpack_batch
+from memo_callbacks.utilities.files import callback_dir, check_plain_name, unclaimed_path
 
 Mode = Literal["proxy", "unrolled"]
 
@@ -61,7 +63,11 @@ class LossSensitivity(Callback):
     At every measured epoch end it logs ``{prefix}/gini`` (and ``{prefix}/gini_clean``, ``{prefix}/gini_noisy``
     when ``trainer.datamodule.noisy_mask`` exists), a histogram ``{prefix}/g_bar`` and, in unrolled mode with
     ``per_class``, the matrix ``{prefix}/per_class`` as a heatmap with a log colour scale, and saves the tensors to
-    ``{log_dir}/{prefix}/epoch=E.pt``. Run-long sums (``total_sum``, ``total_count``) and the per-epoch ``history``
+    ``{log_dir}/{prefix}/epoch=E.pt``: ``log_dir`` is the logger's log folder, or the Trainer's ``default_root_dir``
+    without a logger (Lightning's default for that is the current directory, as for its checkpoints: pass
+    ``default_root_dir`` to put the files elsewhere). A file there that this callback did not write in this run is
+    never overwritten: the new one is written as ``epoch=E-v1.pt`` (``-v2``, ...) with a warning. ``saved_paths``
+    lists the files written in this run. Run-long sums (``total_sum``, ``total_count``) and the per-epoch ``history``
     survive a checkpoint resume.
 
     Args:
@@ -78,7 +84,7 @@ class LossSensitivity(Callback):
         loss_fn: unrolled: per-example loss ``(logits, y) -> [B]`` matching the training loss.
         batch_adapter: reads ``(x, y, index, noisy)`` from unusual batches (see :func:`unpack_batch`).
         max_buffer_bytes: unrolled: memory budget of the gradient accumulator.
-        prefix: tag prefix.
+        prefix: tag prefix, and the name of the callback's folder under the log folder (a plain name).
 
     Example:
         >>> cb = LossSensitivity(mode="unrolled", window=500, measure_every=2)
@@ -108,12 +114,18 @@ class LossSensitivity(Callback):
         if loss_reduction not in ("mean", "sum"):
             raise ValueError(f"`loss_reduction` must be 'mean' or 'sum', got {loss_reduction!r}")
         for name, value in (("window", window), ("measure_every", measure_every), ("every_n_epochs", every_n_epochs)):
-            if not isinstance(value, int) or value < 1:
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        check_bool(per_class, "per_class")
         if per_class and mode != "unrolled":
             raise ValueError("`per_class` needs mode='unrolled' (under the proxy the matrix is diagonal), got mode='proxy'")
-        if num_examples is not None and (not isinstance(num_examples, int) or num_examples < 1):
+        if num_examples is not None and (not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 1):
             raise ValueError(f"`num_examples` must be a positive integer or None, got {num_examples!r}")
+        check_int(num_classes, "num_classes", minimum=1, allow_none=True)
+        check_callable(loss_fn, "loss_fn", allow_none=False)
+        check_callable(batch_adapter, "batch_adapter")
+        check_int(max_buffer_bytes, "max_buffer_bytes", minimum=1)
+        check_plain_name(prefix, "prefix")
         self.mode = mode
         self.norm = norm
         self.loss_reduction = loss_reduction
@@ -142,6 +154,9 @@ class LossSensitivity(Callback):
         self._inputs: Tensor | None = None
         self._targets: Tensor | None = None
         self._filled: Tensor | None = None
+        #: The files written in this run (``epoch=E.pt``, or a ``-vN`` variant where that name was taken).
+        self.saved_paths: list[Path] = []
+        self._written: set[Path] = set()
 
     @property
     def state_key(self) -> str:
@@ -151,6 +166,7 @@ class LossSensitivity(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        self.saved_paths, self._written = [], set()  # a new run: files of earlier runs are never overwritten
         if self.mode == "unrolled" and trainer.accumulate_grad_batches != 1:
             raise ValueError(
                 f"mode='unrolled' replays one minibatch per SGD step, got accumulate_grad_batches="
@@ -387,24 +403,25 @@ class LossSensitivity(Callback):
         for name, value in record.items():
             if name != "epoch":
                 pl_module.log(f"{self.prefix}/{name}", value, on_step=False, on_epoch=True, sync_dist=False)
-        log_dir = trainer.log_dir or trainer.default_root_dir  # a broadcast under DDP: every rank must ask
+        folder = callback_dir(trainer, self.prefix)  # a broadcast under DDP: every rank must ask
         if trainer.is_global_zero:
-            self._write(trainer, Path(log_dir), g_bar, counts, self.last_class_matrix)
+            self._write(trainer, folder, g_bar, counts, self.last_class_matrix)
 
-    def _write(self, trainer: pl.Trainer, log_dir: Path, g_bar: Tensor, counts: Tensor, matrix: Tensor | None) -> None:
+    def _write(self, trainer: pl.Trainer, folder: Path, g_bar: Tensor, counts: Tensor, matrix: Tensor | None) -> None:
         step = trainer.global_step
         writer = find_tensorboard(trainer)
         if writer is not None:
             writer.add_histogram(f"{self.prefix}/g_bar", g_bar[counts > 0], step)
             if matrix is not None:
                 writer.add_figure(f"{self.prefix}/per_class", _heatmap(matrix), step)
-        folder = log_dir / self.prefix
         folder.mkdir(parents=True, exist_ok=True)
+        path = unclaimed_path(folder / f"epoch={trainer.current_epoch}.pt", self._written)
         torch.save(
             {"epoch": trainer.current_epoch, "mode": self.mode, "norm": self.norm, "g_bar": g_bar, "count": counts,
              "class_matrix": matrix},
-            folder / f"epoch={trainer.current_epoch}.pt",
+            path,
         )
+        self.saved_paths.append(path)
 
 
 def _heatmap(matrix: Tensor):

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -20,11 +21,12 @@ from pytorch_lightning import LightningModule
 from torch import Tensor, nn
 from torchmetrics import Metric
 
+from datamodules.checks import check_seed
+from datamodules.checks import is_int as _is_int  # python or numpy integers, never bools
+from datamodules.checks import is_real as _is_real
+from memo_callbacks.functional.lass import LASSConfig
 from memo_callbacks.utilities import unpack_batch
 from models.networks import MLP, Init, PaperCNN
-
-Unit = Literal["pixel", "input"]
-_UNITS = ("pixel", "input")
 
 
 class WeightedMean(Metric):
@@ -66,12 +68,6 @@ def _check(ok: bool, name: str, value: Any, expected: str) -> None:
         raise ValueError(f"`{name}` must be {expected}, got {value!r}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_real(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_regularisers(dropout: float, input_dropout: float, input_noise_std: float, hidden_noise_std: float) -> None:
@@ -81,6 +77,17 @@ def _check_regularisers(dropout: float, input_dropout: float, input_noise_std: f
         _check(_is_real(std) and std >= 0, name, std, "a finite number >= 0")
 
 
+def _as_lass_config(lass: Any) -> LASSConfig:
+    """``lass`` as a :class:`LASSConfig`: None is the paper's; a mapping is its fields (as checkpoints store them)."""
+    if lass is None:
+        return LASSConfig()
+    if isinstance(lass, LASSConfig):
+        return lass
+    if isinstance(lass, Mapping):
+        return LASSConfig(**lass)
+    raise TypeError(f"`lass` must be a LASSConfig, a dict of its fields or None, got {type(lass).__name__}")
+
+
 def step_seed(seed: int, step: int) -> int:
     """The LASS seed of one training step: a 63-bit hash of ``(seed, step)``, so each step draws fresh noise.
 
@@ -88,7 +95,7 @@ def step_seed(seed: int, step: int) -> int:
         >>> step_seed(0, 1) == step_seed(0, 1) != step_seed(0, 2)
         True
     """
-    digest = hashlib.blake2b(f"memo-callbacks/adversarial/{seed}/{step}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"memo-callbacks/adversarial/{check_seed(seed)}/{step}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1
 
 
@@ -112,11 +119,14 @@ class MemorizationClassifier(LightningModule):
     (:func:`memo_callbacks.functional.lass.lass`) on the current batch, from the predicted class at the clean input,
     in evaluation mode; the point it returns for each sample (the first flip found, else its last iterate) is
     trained on with the sample's *true* label: ``loss = (1 - w) * CE(f(x), y) + w * CE(f(x_adv), y)``, both
-    forward passes in training mode. The search's noise depends only on ``(adversarial_seed, global_step)`` and
-    the examples' dataset indices (their position in the batch when the batch carries none). LASS parameters are
-    in 0-255 pixel units by default (the paper's r = 0.3, alpha = 0.25, beta = 0.2), converted per channel with
-    ``pixel_scale / std`` of the datamodule (``dm.std``, ``dm.pixel_scale``) or of ``input_std`` / ``pixel_scale``;
-    with ``adversarial_unit="input"`` they are used as given.
+    forward passes in training mode. The search is set by one :class:`~memo_callbacks.functional.LASSConfig`
+    (``lass``, the paper's "default LASS parameters" by default); its noise depends only on ``(lass.seed,
+    global_step)`` and the examples' dataset indices (their position in the batch when the batch carries none).
+    LASS parameters are in 0-255 pixel units by default (the paper's r = 0.3, alpha = 0.25, beta = 0.2), converted
+    per channel with ``pixel_scale / std`` of the datamodule (``dm.std``, ``dm.pixel_scale``) or of ``input_std`` /
+    ``pixel_scale``; with ``LASSConfig(unit="input")`` they are used as given. By default (``clip=None``) the
+    search explores the whole L-inf box, as the paper's critical samples do; ``clip="auto"`` keeps adversarial
+    inputs inside the datamodule's ``input_bounds``, an explicit ``(low, high)`` pair inside those bounds.
 
     **Input-gradient hook**: ``training_step`` feeds the batch's ``x`` to the network as given (no copy, no
     ``detach``), so a callback whose ``on_train_batch_start`` calls ``batch.x.requires_grad_(True)`` (for a dict,
@@ -131,13 +141,8 @@ class MemorizationClassifier(LightningModule):
         weight_decay: SGD ``weight_decay`` (an L2 penalty ``weight_decay / 2 * ||theta||^2`` on every parameter).
         lr_halving_epochs: halve the learning rate every this many epochs (``StepLR(k, 0.5)``); None keeps it fixed.
         adversarial_weight: ``w`` in [0, 1); 0 turns adversarial training off.
-        adversarial_radius: LASS's box radius ``r``.
-        adversarial_step_size: LASS's step ``alpha``.
-        adversarial_noise_std: LASS's noise std ``beta``.
-        adversarial_unit: ``"pixel"`` (0-255 pixel units) or ``"input"`` (model-input units).
-        adversarial_max_iter: LASS's iteration budget.
-        adversarial_clip: keep adversarial inputs in the valid input range (``dm.input_bounds``).
-        adversarial_seed: seeds LASS's noise.
+        lass: the LASS search of adversarial training (a :class:`~memo_callbacks.functional.LASSConfig`, or the
+            dict of its fields, as checkpoints store it); None: ``LASSConfig()``, the paper's settings.
         input_std: per-channel std the inputs were divided by (overrides the datamodule's ``std``).
         pixel_scale: one pixel unit in raw input units (overrides the datamodule's; 1/255 with ``input_std``).
 
@@ -156,13 +161,7 @@ class MemorizationClassifier(LightningModule):
         weight_decay: float = 0.0,
         lr_halving_epochs: int | None = None,
         adversarial_weight: float = 0.0,
-        adversarial_radius: float = 0.3,
-        adversarial_step_size: float = 0.25,
-        adversarial_noise_std: float = 0.2,
-        adversarial_unit: Unit = "pixel",
-        adversarial_max_iter: int = 100,
-        adversarial_clip: bool = False,
-        adversarial_seed: int = 0,
+        lass: LASSConfig | Mapping[str, Any] | None = None,
         input_std: float | Sequence[float] | None = None,
         pixel_scale: float | None = None,
     ) -> None:
@@ -180,19 +179,7 @@ class MemorizationClassifier(LightningModule):
             _is_real(adversarial_weight) and 0 <= adversarial_weight < 1,
             "adversarial_weight", adversarial_weight, "in [0, 1)",
         )
-        for name, value in (
-            ("adversarial_radius", adversarial_radius),
-            ("adversarial_step_size", adversarial_step_size),
-            ("adversarial_noise_std", adversarial_noise_std),
-        ):
-            _check(_is_real(value) and value >= 0, name, value, "a finite number >= 0")
-        _check(adversarial_unit in _UNITS, "adversarial_unit", adversarial_unit, f"one of {_UNITS}")
-        _check(
-            _is_int(adversarial_max_iter) and adversarial_max_iter >= 1,
-            "adversarial_max_iter", adversarial_max_iter, "an integer >= 1",
-        )
-        _check(isinstance(adversarial_clip, bool), "adversarial_clip", adversarial_clip, "a bool")
-        _check(_is_int(adversarial_seed), "adversarial_seed", adversarial_seed, "an integer")
+        lass = _as_lass_config(lass)
         if input_std is not None:
             stds = [input_std] if _is_real(input_std) else list(input_std)
             _check(
@@ -201,6 +188,9 @@ class MemorizationClassifier(LightningModule):
             )
         _check(pixel_scale is None or (_is_real(pixel_scale) and pixel_scale > 0), "pixel_scale", pixel_scale, "> 0")
         self.save_hyperparameters(ignore=["network"])
+        self.hparams["lass"] = asdict(lass)  # plain values: readable in hparams.yaml, rebuilt by load_from_checkpoint
+        #: The LASS settings of adversarial training.
+        self.lass = lass
         self.network = network
 
         # Per-channel size of one pixel unit in model-input units ([C]), and the valid input range ([C], [C]);
@@ -242,23 +232,27 @@ class MemorizationClassifier(LightningModule):
     def _resolve_adversarial_units(self, dm: Any) -> None:
         """Per-channel pixel unit and clipping bounds from the datamodule, unless given as arguments."""
         hp = self.hparams
-        if hp.adversarial_unit == "pixel" and hp.input_std is None:
+        if self.lass.unit == "pixel" and hp.input_std is None:
             if dm is None or not hasattr(dm, "std"):
                 raise ValueError(
-                    "`adversarial_unit='pixel'` needs the inputs' per-channel std to convert LASS's radius, step "
-                    "and noise: train with a datamodule exposing `std` and `pixel_scale` (as "
+                    "adversarial training with `LASSConfig(unit='pixel')` needs the inputs' per-channel std to convert "
+                    "LASS's radius, step and noise: train with a datamodule exposing `std` and `pixel_scale` (as "
                     "datamodules.NoisyDataModule does), pass `input_std=`, or give them in model-input units with "
-                    "`adversarial_unit='input'`"
+                    "`lass=LASSConfig(unit='input', ...)`"
                 )
             scale = dm.pixel_scale if hp.pixel_scale is None else hp.pixel_scale
             self._pixel_unit = (scale / torch.as_tensor(dm.std, dtype=torch.float32).reshape(-1)).to(self.device)
-        if hp.adversarial_clip:
-            if dm is None or not hasattr(dm, "input_bounds"):
-                raise ValueError(
-                    "`adversarial_clip=True` needs the valid input range: train with a datamodule exposing "
-                    "`input_bounds` (as datamodules.NoisyDataModule does)"
-                )
-            low, high = dm.input_bounds
+        if self.lass.clip is not None:
+            if isinstance(self.lass.clip, str):
+                if dm is None or not hasattr(dm, "input_bounds"):
+                    raise ValueError(
+                        "adversarial training with `LASSConfig(clip='auto')` needs the valid input range: train with a "
+                        "datamodule exposing `input_bounds` (as datamodules.NoisyDataModule does), or pass explicit "
+                        "bounds `clip=(low, high)`"
+                    )
+                low, high = dm.input_bounds
+            else:
+                low, high = self.lass.clip
             self._clip_low = torch.as_tensor(low, dtype=torch.float32).reshape(-1).to(self.device)
             self._clip_high = torch.as_tensor(high, dtype=torch.float32).reshape(-1).to(self.device)
 
@@ -314,22 +308,21 @@ class MemorizationClassifier(LightningModule):
     def adversarial_examples(self, x: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """LASS on ``x`` with this model's settings: the adversarial inputs ``[B, ...]`` and the critical flags ``[B]``.
 
-        The search's noise is seeded by ``(adversarial_seed, global_step)`` and ``index`` (the examples' dataset
+        The search's noise is seeded by ``(lass.seed, global_step)`` and ``index`` (the examples' dataset
         indices; their positions in the batch when None).
         """
         from memo_callbacks.functional.lass import lass  # lazy: only adversarial training needs the LASS engine
 
-        hp = self.hparams
-        if hp.adversarial_unit == "pixel":
+        cfg = self.lass
+        if cfg.unit == "pixel":
             if self._pixel_unit is None:
                 self._resolve_adversarial_units(None)  # raises: no datamodule to read the std from
             unit = self._pixel_unit.to(x.device).reshape(-1, *[1] * (x.dim() - 2))  # [C] -> [C, 1, ..., 1]
-            radius, step, noise = (hp.adversarial_radius * unit, hp.adversarial_step_size * unit,
-                                   hp.adversarial_noise_std * unit)
+            radius, step, noise = cfg.radius * unit, cfg.step_size * unit, cfg.noise_std * unit
         else:
-            radius, step, noise = hp.adversarial_radius, hp.adversarial_step_size, hp.adversarial_noise_std
+            radius, step, noise = cfg.radius, cfg.step_size, cfg.noise_std
         clip = None
-        if hp.adversarial_clip:
+        if cfg.clip is not None:
             if self._clip_low is None:
                 self._resolve_adversarial_units(None)  # raises: no datamodule to read the bounds from
             shape = (-1, *[1] * (x.dim() - 2))
@@ -341,8 +334,8 @@ class MemorizationClassifier(LightningModule):
             radius=radius,
             step_size=step,
             noise_std=noise,
-            max_iter=hp.adversarial_max_iter,
-            seed=step_seed(hp.adversarial_seed, self.global_step),
+            max_iter=cfg.max_iter,
+            seed=step_seed(cfg.seed, self.global_step),
             sample_ids=ids,
             clip=clip,
             return_adversarial=True,
@@ -381,11 +374,7 @@ class MemorizationClassifier(LightningModule):
 
 
 def _optimiser_kwargs(local: dict[str, Any]) -> dict[str, Any]:
-    names = (
-        "lr", "momentum", "weight_decay", "lr_halving_epochs", "adversarial_weight", "adversarial_radius",
-        "adversarial_step_size", "adversarial_noise_std", "adversarial_unit", "adversarial_max_iter",
-        "adversarial_clip", "adversarial_seed", "input_std", "pixel_scale",
-    )  # fmt: skip
+    names = ("lr", "momentum", "weight_decay", "lr_halving_epochs", "adversarial_weight", "lass", "input_std", "pixel_scale")
     return {k: local[k] for k in names}
 
 
@@ -428,17 +417,15 @@ class MLPClassifier(MemorizationClassifier):
         weight_decay: float = 0.0,
         lr_halving_epochs: int | None = None,
         adversarial_weight: float = 0.0,
-        adversarial_radius: float = 0.3,
-        adversarial_step_size: float = 0.25,
-        adversarial_noise_std: float = 0.2,
-        adversarial_unit: Unit = "pixel",
-        adversarial_max_iter: int = 100,
-        adversarial_clip: bool = False,
-        adversarial_seed: int = 0,
+        lass: LASSConfig | Mapping[str, Any] | None = None,
         input_std: float | Sequence[float] | None = None,
         pixel_scale: float | None = None,
     ) -> None:
         _check_regularisers(dropout, input_dropout, input_noise_std, hidden_noise_std)
+        _check(
+            _is_int(in_shape) or (isinstance(in_shape, Sequence) and len(in_shape) > 0 and all(_is_int(v) for v in in_shape)),
+            "in_shape", in_shape, "an int or a sequence of ints such as (C, H, W)",
+        )
         in_features = in_shape if _is_int(in_shape) else math.prod(in_shape)
         network = MLP(
             in_features, num_classes, tuple(hidden), dropout, input_dropout, input_noise_std, hidden_noise_std, init
@@ -485,17 +472,14 @@ class CNNClassifier(MemorizationClassifier):
         weight_decay: float = 0.0,
         lr_halving_epochs: int | None = 15,
         adversarial_weight: float = 0.0,
-        adversarial_radius: float = 0.3,
-        adversarial_step_size: float = 0.25,
-        adversarial_noise_std: float = 0.2,
-        adversarial_unit: Unit = "pixel",
-        adversarial_max_iter: int = 100,
-        adversarial_clip: bool = False,
-        adversarial_seed: int = 0,
+        lass: LASSConfig | Mapping[str, Any] | None = None,
         input_std: float | Sequence[float] | None = None,
         pixel_scale: float | None = None,
     ) -> None:
-        _check(len(in_shape) == 3, "in_shape", in_shape, "(C, H, W)")
+        _check(
+            isinstance(in_shape, Sequence) and len(in_shape) == 3 and all(_is_int(v) and v >= 1 for v in in_shape),
+            "in_shape", in_shape, "(C, H, W)",
+        )
         _check_regularisers(dropout, input_dropout, input_noise_std, hidden_noise_std)
         network = PaperCNN(
             tuple(in_shape), num_classes, width, dropout, input_dropout, input_noise_std, hidden_noise_std, crop

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from datamodules.checks import check_int, check_real, is_int
+
 Init = Literal["default", "glorot_uniform"]
 
 
@@ -26,9 +28,7 @@ class GaussianNoise(nn.Module):
 
     def __init__(self, std: float) -> None:
         super().__init__()
-        if std < 0:
-            raise ValueError(f"`std` must be >= 0, got {std}")
-        self.std = std
+        self.std = check_real(std, "std", minimum=0)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self.training or self.std == 0:
@@ -44,7 +44,7 @@ class Crop(nn.Module):
 
     def __init__(self, pixels: int) -> None:
         super().__init__()
-        self.pixels = pixels
+        self.pixels = check_int(pixels, "pixels", minimum=0)
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.pixels
@@ -56,11 +56,9 @@ class Crop(nn.Module):
 
 def _check_regularisers(dropout: float, input_dropout: float, input_noise: float, hidden_noise: float) -> None:
     for name, p in (("dropout", dropout), ("input_dropout", input_dropout)):
-        if not 0.0 <= p < 1.0:
-            raise ValueError(f"`{name}` must be in [0, 1), got {p}")
+        check_real(p, name, 0.0, 1.0, strict_maximum=True)
     for name, s in (("input_noise", input_noise), ("hidden_noise", hidden_noise)):
-        if s < 0:
-            raise ValueError(f"`{name}` must be >= 0, got {s}")
+        check_real(s, name, minimum=0.0)
 
 
 def _input_layers(input_dropout: float, input_noise: float) -> list[nn.Module]:
@@ -119,10 +117,11 @@ class MLP(nn.Sequential):
         hidden_noise: float = 0.0,
         init: Init = "default",
     ) -> None:
-        if in_features < 1 or num_classes < 1:
-            raise ValueError(f"`in_features` and `num_classes` must be >= 1, got {in_features} and {num_classes}")
-        if any(h < 1 for h in hidden):
-            raise ValueError(f"`hidden` widths must be >= 1, got {tuple(hidden)}")
+        in_features = check_int(in_features, "in_features", minimum=1)
+        num_classes = check_int(num_classes, "num_classes", minimum=1)
+        if not isinstance(hidden, Sequence) or isinstance(hidden, str) or not all(is_int(h) and h >= 1 for h in hidden):
+            raise ValueError(f"`hidden` widths must be >= 1, got {tuple(hidden) if isinstance(hidden, Sequence) else hidden!r}")
+        hidden = tuple(int(h) for h in hidden)
         if init not in ("default", "glorot_uniform"):
             raise ValueError(f"`init` must be 'default' or 'glorot_uniform', got {init!r}")
         _check_regularisers(dropout, input_dropout, input_noise, hidden_noise)
@@ -149,7 +148,9 @@ class PaperCNN(nn.Sequential):
     Args:
         in_shape: ``(C, H, W)`` of the inputs.
         num_classes: number of outputs.
-        width: multiplies every channel and unit count (1.0 is the paper's network; 0.25 runs on a CPU).
+        width: multiplies every channel and unit count (1.0 is the paper's network; 0.25 runs on a CPU); each layer
+            gets ``round(n * width)`` channels or units, and every one must keep at least one, so
+            ``width > 1/384`` (the smallest layer, Dense(192), rounds to at least 1 above it).
         dropout, input_dropout, input_noise, hidden_noise: the regularisers; ``dropout`` and ``hidden_noise``
             act after the two dense hidden layers.
         crop: pixels removed from each side.
@@ -171,14 +172,21 @@ class PaperCNN(nn.Sequential):
         hidden_noise: float = 0.0,
         crop: int = 2,
     ) -> None:
-        if width <= 0:
-            raise ValueError(f"`width` must be > 0, got {width}")
-        c, h, w = in_shape
+        width = check_real(width, "width", minimum=0.0, strict_minimum=True)
+        ch, d1, d2 = round(200 * width), round(384 * width), round(192 * width)
+        if min(ch, d1, d2) < 1:
+            raise ValueError(
+                f"`width` must give every layer at least one channel or unit (Conv 200w, Dense 384w, Dense 192w, "
+                f"rounded: width > 1/384 = {1 / 384:.6f}), got {width!r}, which gives {ch}, {d1} and {d2}"
+            )
+        if not isinstance(in_shape, Sequence) or len(in_shape) != 3 or not all(is_int(v) and v >= 1 for v in in_shape):
+            raise ValueError(f"`in_shape` must be (C, H, W) of positive ints, got {in_shape!r}")
+        c, h, w = (int(v) for v in in_shape)
+        num_classes = check_int(num_classes, "num_classes", minimum=1)
+        crop = check_int(crop, "crop", minimum=0)
         if min(h, w) - 2 * crop < 1:
             raise ValueError(f"`crop`={crop} leaves nothing of a {h}x{w} image")
         _check_regularisers(dropout, input_dropout, input_noise, hidden_noise)
-        ch = max(1, round(200 * width))
-        d1, d2 = max(1, round(384 * width)), max(1, round(192 * width))
         side_h, side_w = h - 2 * crop, w - 2 * crop
         for _ in range(2):  # each MaxPool(3, stride 2, padding 1) maps n to ceil(n / 2)
             side_h, side_w = (side_h + 1) // 2, (side_w + 1) // 2

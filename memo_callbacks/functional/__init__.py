@@ -19,7 +19,7 @@ from memo_callbacks.functional.ensemble import (
     train_ensemble,
 )
 from memo_callbacks.functional.gini import gini
-from memo_callbacks.functional.lass import LassResult, lass, lass_noise, pixels_to_input_units
+from memo_callbacks.functional.lass import LASSConfig, LassResult, lass, lass_noise, pixels_to_input_units
 from memo_callbacks.functional.sensitivity import input_gradient_sensitivity, per_example_norm
 from memo_callbacks.functional.unrolled import (
     SGDRule,
@@ -31,6 +31,7 @@ from memo_callbacks.functional.unrolled import (
 
 __all__ = [
     "EnsembleRun",
+    "LASSConfig",
     "LassResult",
     "MLPParams",
     "SGDRule",

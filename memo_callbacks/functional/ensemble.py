@@ -33,13 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from datamodules.checks import check_seed
+
 EnsembleInit = Literal["default", "glorot_uniform"]
 ReferenceMethod = Literal["quantile", "simulate"]
 
 
 def member_seed(seed: int, member: int, stream: str) -> int:
     """A 63-bit seed for one member's named random stream (``"init"`` or ``"order"``), stable across versions."""
-    digest = hashlib.blake2b(f"{seed}/{member}/{stream}".encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{check_seed(seed)}/{member}/{stream}".encode(), digest_size=8).digest()  # an int: 0.0 is not 0
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
@@ -209,6 +211,7 @@ def train_ensemble(
     n = x.shape[0]
     if n == 0:
         raise ValueError("`x` must hold at least one example, got 0")
+    seed = check_seed(seed)
     if not isinstance(num_members, int) or num_members < 1:
         raise ValueError(f"`num_members` must be a positive integer, got {num_members!r}")
     if not isinstance(batch_size, int) or batch_size < 1:

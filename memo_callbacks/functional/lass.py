@@ -42,14 +42,22 @@ import math
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from datamodules.checks import check_choice, check_int, check_real, check_seed, is_real
 from memo_callbacks.utilities.state import preserved_state
 
-__all__ = ["LassResult", "lass", "lass_noise", "pixels_to_input_units"]
+__all__ = ["LASSConfig", "LassResult", "lass", "lass_noise", "pixels_to_input_units"]
+
+Unit = Literal["pixel", "input"]
+UNITS: tuple[str, ...] = ("pixel", "input")
+#: ``None`` (the paper: the L-inf box only), ``"auto"`` (the box intersected with the datamodule's
+#: ``input_bounds``) or explicit ``(low, high)`` bounds in model-input units (floats or per-channel tensors).
+Clip = Union[None, Literal["auto"], tuple[Union[float, Tensor], Union[float, Tensor]]]
 
 _MASK32 = 0xFFFFFFFF
 _GOLDEN = 0x9E3779B9  # 2^32 / golden ratio: the Weyl increment that spreads counters over 32 bits
@@ -72,6 +80,72 @@ class LassResult:
     iterations: Tensor
     predicted: Tensor
     adversarial: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class LASSConfig:
+    """The settings of one LASS search, shared by :class:`~memo_callbacks.CriticalSampleRatio` and the models'
+    adversarial training (:class:`models.MemorizationClassifier`). Validated once, here; the defaults are the paper's.
+
+    Attributes:
+        radius: the box half-width ``r`` (the paper's 0.3 on the 0-255 pixel scale).
+        step_size: the signed-gradient step ``alpha`` (0.25 pixel units).
+        noise_std: the std ``beta`` of the Gaussian noise added each step (0.2 pixel units).
+        unit: ``"pixel"``: the three above are on the 0-255 pixel scale and converted per channel with the inputs'
+            std (``pixel_scale / std``, see :func:`pixels_to_input_units`); ``"input"``: model-input units as given.
+        max_iter: steps per sample (the first author's code: 100).
+        clip: ``None`` (default, the paper's definition: the L-inf box only, whatever the valid pixel range);
+            ``"auto"``: also keep the search inside the datamodule's ``input_bounds`` (the box is widened where a
+            clean point lies outside them); or explicit ``(low, high)`` bounds in model-input units.
+        seed: seeds the LASS noise (and, in the callback, the choice of the examined subset).
+
+    Example:
+        >>> LASSConfig(radius=3.0, max_iter=20).step_size
+        0.25
+        >>> LASSConfig(radius=float("inf"))
+        Traceback (most recent call last):
+        ...
+        ValueError: `radius` must be a finite number >= 0, got inf
+    """
+
+    radius: float = 0.3
+    step_size: float = 0.25
+    noise_std: float = 0.2
+    unit: Unit = "pixel"
+    max_iter: int = 100
+    clip: Clip = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("radius", "step_size", "noise_std"):
+            object.__setattr__(self, name, check_real(getattr(self, name), name, minimum=0))
+        check_choice(self.unit, "unit", UNITS)
+        object.__setattr__(self, "max_iter", check_int(self.max_iter, "max_iter", minimum=1))
+        object.__setattr__(self, "seed", check_seed(self.seed))
+        object.__setattr__(self, "clip", _check_clip(self.clip))
+
+
+def _check_clip(clip: object) -> Clip:
+    if clip is None or (isinstance(clip, str) and clip == "auto"):
+        return clip  # type: ignore[return-value]
+    if not isinstance(clip, (tuple, list)) or len(clip) != 2:
+        raise ValueError(f"`clip` must be None, 'auto' or a (low, high) pair, got {clip!r}")
+    bounds = []
+    for name, bound in zip(("clip[0]", "clip[1]"), clip):
+        if is_real(bound):
+            bounds.append(float(bound))
+            continue
+        try:
+            t = torch.as_tensor(bound, dtype=torch.float32)
+        except (TypeError, ValueError, RuntimeError):
+            raise ValueError(f"`{name}` must be a finite number or a tensor of them, got {bound!r}") from None
+        if t.numel() == 0 or not bool(torch.isfinite(t).all()):
+            raise ValueError(f"`{name}` must be a finite number or a tensor of them, got {bound!r}")
+        bounds.append(t)
+    low, high = bounds
+    if bool((torch.as_tensor(low) > torch.as_tensor(high)).any()):
+        raise ValueError(f"`clip` must have low <= high, got {clip!r}")
+    return (low, high)
 
 
 def pixels_to_input_units(value: float | Tensor, std: float | Tensor, pixel_scale: float = 1 / 255, ndim: int = 3) -> Tensor:
@@ -175,7 +249,7 @@ def lass_noise(seed: int, sample_ids: Tensor, step: int | Tensor, shape: tuple[i
         True
     """
     numel = math.prod(shape)
-    keys = _stream_keys(seed, sample_ids, step)
+    keys = _stream_keys(check_seed(seed), sample_ids, step)
     return _normals(keys, _counters(numel, sample_ids.device), numel, dtype).reshape(-1, *shape)
 
 
@@ -307,8 +381,7 @@ def lass(
         raise ValueError(f"`max_iter` must be an integer >= 1, got {max_iter!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be an integer >= 1 or None, got {batch_size!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"`seed` must be an int, got {seed!r}")
+    seed = check_seed(seed)
     n, sample_shape = x.shape[0], x.shape[1:]
     r = _as_box_tensor("radius", radius, sample_shape)
     alpha = _as_box_tensor("step_size", step_size, sample_shape)

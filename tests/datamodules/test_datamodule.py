@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from datamodules import IndexSampler, NoisyBatch, NoisyDigits, NoisyMNIST
+from datamodules import IndexSampler, NoisyBatch, NoisyDigits, NoisyMNIST, TensorBatchLoader
 
 
 def test_one_class_per_example_and_subset():
@@ -94,12 +94,92 @@ def test_index_sampler_shards(n, world):
         (dict(downscale=0), r"`downscale` must be a positive integer, got 0"),
         (dict(subset=0), r"`subset` must be a positive integer or None, got 0"),
         (dict(subset_mode="last"), r"`subset_mode` must be 'first' or 'random', got 'last'"),
-        (dict(batch_size=0), r"`batch_size` must be >= 1, got 0"),
+        (dict(batch_size=0), r"`batch_size` must be an int >= 1, got 0"),
+        (dict(val_batch_size=0), r"`val_batch_size` must be an int >= 1 or None, got 0"),
+        (dict(subset=True), r"`subset` must be a positive integer or None, got True"),
+        (dict(subset=10.0), r"`subset` must be a positive integer or None, got 10.0"),
+        (dict(val_size=True), r"`val_size` must be a positive integer or None, got True"),
+        (dict(downscale=2.0), r"`downscale` must be a positive integer, got 2.0"),
+        (dict(noise="random_labels", noise_fraction=True), r"`noise_fraction` must be in \[0, 1\], got True"),
+        (dict(noise="random_labels", noise_fraction="0.5"), r"`noise_fraction` must be in \[0, 1\], got '0.5'"),
+        (dict(noise_fraction=False), r"`noise_fraction` must be left unset with noise='none', got False"),
+        (dict(seed=2**64), r"`seed` must be in \[-2\*\*63, 2\*\*64 - 1\] \(torch's seed range\), got 18446744073709551616"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         NoisyDigits(**kwargs)
+
+
+BAD_TYPES = [
+    (dict(batch_size=2.5), r"`batch_size` must be an int >= 1, got 2.5 \(float\)"),
+    (dict(batch_size="8"), r"`batch_size` must be an int >= 1, got '8' \(str\)"),
+    (dict(batch_size=True), r"`batch_size` must be an int >= 1, got True \(bool\)"),
+    (dict(val_batch_size=1.5), r"`val_batch_size` must be an int >= 1 or None, got 1.5 \(float\)"),
+    (dict(seed="x"), r"`seed` must be an int \(a python or numpy integer, not a bool\), got 'x' \(str\)"),
+    (dict(seed=None), r"`seed` must be an int .*got None \(NoneType\)"),
+    (dict(seed=1.5), r"`seed` must be an int .*got 1.5 \(float\)"),
+    (dict(seed=0.0), r"`seed` must be an int .*got 0.0 \(float\)"),
+    (dict(seed=True), r"`seed` must be an int .*got True \(bool\)"),
+    (dict(seed=torch.tensor(0)), r"`seed` must be an int .*got tensor\(0\) \(Tensor\)"),
+    (dict(shuffle="no"), r"`shuffle` must be a bool, got 'no' \(str\)"),
+    (dict(normalize=1), r"`normalize` must be a bool, got 1 \(int\)"),
+    (dict(drop_last=None), r"`drop_last` must be a bool, got None"),
+    (dict(on_device="cuda"), r"`on_device` must be a bool, got 'cuda'"),
+    (dict(one_class_per_example=0), r"`one_class_per_example` must be a bool, got 0"),
+    (dict(data_dir=3), r"`data_dir` must be a path \(str or os.PathLike\), got 3 \(int\)"),
+]
+
+
+@pytest.mark.parametrize("kwargs, match", BAD_TYPES, ids=[f"{k}={v!r}" for d, _ in BAD_TYPES for k, v in d.items()])
+def test_bad_argument_types(kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        NoisyDigits(**kwargs)
+
+
+def test_seeds_are_ints_and_numpy_ints_name_the_same_data():
+    import numpy as np
+
+    a = NoisyDigits(noise="random_labels", noise_fraction=0.3, seed=5)
+    b = NoisyDigits(noise="random_labels", noise_fraction=0.3, seed=np.int64(5))
+    c = NoisyDigits(noise="random_labels", noise_fraction=0.3, seed=6)
+    for dm in (a, b, c):
+        dm.setup()
+    assert b.seed == 5 and type(b.seed) is int
+    assert torch.equal(a.train_y, b.train_y) and torch.equal(a.noisy_mask, b.noisy_mask)
+    assert not torch.equal(a.noisy_mask, c.noisy_mask)
+
+
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        (dict(num_examples=-1), ValueError, r"`num_examples` must be an int >= 0, got -1"),
+        (dict(num_examples=4.0), TypeError, r"`num_examples` must be an int >= 0, got 4.0"),
+        (dict(shuffle=1), TypeError, r"`shuffle` must be a bool, got 1"),
+        (dict(seed="0"), TypeError, r"`seed` must be an int"),
+        (dict(world_size=0), ValueError, r"`world_size` must be an int >= 1, got 0"),
+        (dict(rank=2, world_size=2), ValueError, r"`rank` must be in \[0, world_size=2\), got 2"),
+        (dict(pad="yes"), TypeError, r"`pad` must be a bool, got 'yes'"),
+    ],
+)
+def test_index_sampler_bad_arguments(args, error, match):
+    with pytest.raises(error, match=match):
+        IndexSampler(**(dict(num_examples=4, shuffle=True, seed=0) | args))
+
+
+def test_tensor_batch_loader_bad_arguments():
+    x, y, noisy = torch.zeros(4, 1, 2, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4, dtype=torch.bool)
+    sampler = IndexSampler(4, False, 0)
+    with pytest.raises(TypeError, match=r"`batch_size` must be an int >= 1, got 2.5"):
+        TensorBatchLoader(x, y, noisy, 2.5, sampler)
+    with pytest.raises(ValueError, match=r"`batch_size` must be an int >= 1, got 0"):
+        TensorBatchLoader(x, y, noisy, 0, sampler)
+    with pytest.raises(TypeError, match=r"`sampler` must be an IndexSampler, got range"):
+        TensorBatchLoader(x, y, noisy, 2, range(4))
+    with pytest.raises(ValueError, match=r"`y` must be a tensor with the sampler's 4 rows, got \(3,\)"):
+        TensorBatchLoader(x, y[:3], noisy, 2, sampler)
+    with pytest.raises(TypeError, match=r"`drop_last` must be a bool, got 'no'"):
+        TensorBatchLoader(x, y, noisy, 2, sampler, drop_last="no")
 
 
 def test_subset_larger_than_dataset():

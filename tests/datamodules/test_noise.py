@@ -98,3 +98,14 @@ def test_choose_corrupted_and_label_helpers_validate():
         corrupt_labels(torch.zeros(3, dtype=torch.long), torch.ones(3, dtype=torch.bool), 1, "wrong", generator_from_seed(0))
     with pytest.raises(ValueError, match="`input_noise` must be one of"):
         corrupt_inputs(torch.zeros(3, 1, 2, 2), torch.ones(3, dtype=torch.bool), "salt", generator_from_seed(0))
+
+
+def test_seeds_are_hashed_only_as_ints():
+    import numpy as np
+
+    from datamodules.noise import derive_seed
+
+    assert derive_seed(3, "mask") == derive_seed(np.int64(3), "mask") == derive_seed(np.uint32(3), "mask")
+    for seed in (3.0, "3", torch.tensor(3), None, False):
+        with pytest.raises(TypeError, match=r"`seed` must be an int \(a python or numpy integer, not a bool\)"):
+            generator_from_seed(seed, "mask")

@@ -46,6 +46,28 @@ def test_missing_dataset_without_download(tmp_path, cls):
         dm.setup()
 
 
+@pytest.mark.parametrize(
+    "corrupt, match",
+    [
+        (lambda raw: (raw / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x04" + bytes(12)),
+         r"IDX file '.*train-images-idx3-ubyte' has magic number 0x00000804, expected 0x00000803"),
+        (lambda raw: (raw / "t10k-labels-idx1-ubyte").write_text("not an idx file"),
+         r"IDX file '.*t10k-labels-idx1-ubyte' has magic number .*, expected 0x00000801"),
+        (lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes((raw / "train-labels-idx1-ubyte").read_bytes()[:-5]),
+         r"IDX file '.*train-labels-idx1-ubyte' is 63 bytes, but its header \(shape \[60\]\) says 68"),
+        (lambda raw: (raw / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00"),
+         r"IDX file '.*train-labels-idx1-ubyte' is truncated"),
+        (lambda raw: (raw / "t10k-labels-idx1-ubyte").write_bytes(np.array([0x801, 3], dtype=">i4").tobytes() + bytes(3)),
+         r"MNIST files in '.*raw' disagree: t10k-images-idx3-ubyte holds 20 images but t10k-labels-idx1-ubyte 3"),
+    ],
+)
+def test_corrupt_mnist_file_is_named(tmp_path, corrupt, match):
+    write_mnist(tmp_path, n_train=60, n_test=20)
+    corrupt(tmp_path / "MNIST" / "raw")
+    with pytest.raises(ValueError, match=match):
+        NoisyMNIST(str(tmp_path)).setup()
+
+
 def test_download_failure_offline_says_what_to_do(tmp_path, monkeypatch):
     # A loopback port where nothing listens: the download fails at once, as it does on an offline machine.
     monkeypatch.setattr(datasets.MNIST, "mirrors", ["http://127.0.0.1:9/"])
@@ -108,6 +130,24 @@ def test_image_folder_resize_and_errors(tmp_path):
         NoisyImageFolder(str(tmp_path / "a"), val_dir=None)
     with pytest.raises(ValueError, match="`mode` must be 'RGB' or 'L', got 'CMYK'"):
         NoisyImageFolder(str(tmp_path / "a"), mode="CMYK")
+    with pytest.raises(ValueError, match=r"`image_size` must be a positive int or \(H, W\), got True"):
+        NoisyImageFolder(str(tmp_path / "a"), image_size=True)
+    with pytest.raises(ValueError, match=r"`image_size` must be a positive int or \(H, W\), got \(4.5, 4\)"):
+        NoisyImageFolder(str(tmp_path / "a"), image_size=(4.5, 4))
+    with pytest.raises(TypeError, match=r"`train_dir` must be a non-empty string, got ''"):
+        NoisyImageFolder(str(tmp_path / "a"), train_dir="")
+    with pytest.raises(TypeError, match=r"`cache_dir` must be a path \(str or os.PathLike\) or None, got 5"):
+        NoisyImageFolder(str(tmp_path / "a"), cache_dir=5)
+    with pytest.raises(TypeError, match=r"`download` must be a bool, got 'yes'"):
+        NoisyMNIST(str(tmp_path), download="yes")
+
+
+def test_undecodable_image_is_named(tmp_path):
+    _write_folder(tmp_path / "a", "train", 2)
+    (tmp_path / "a" / "train" / "dog" / "notes.png").write_text("this is not a png")
+    dm = NoisyImageFolder(str(tmp_path / "a"), val_dir=None, val_size=2, cache_dir=tmp_path / "c")
+    with pytest.raises(ValueError, match=r"cannot decode the image file '.*dog/notes.png' \(corrupt or not an image\)"):
+        dm.setup()
 
 
 def test_image_folder_first_subset_of_one_class_warns(tmp_path):

@@ -1,5 +1,6 @@
 """CriticalSampleRatio: the logged ratios against LASS run by hand, TensorBoard read-back, DDP, resume, errors."""
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from datamodules import NoisyDigits
 from helpers import run_ddp_script
-from memo_callbacks import CriticalSampleRatio
+from memo_callbacks import CriticalSampleRatio, LASSConfig
 from memo_callbacks.functional import lass, pixels_to_input_units
 from memo_callbacks.utilities import ParsedBatch
 
@@ -56,17 +57,27 @@ def subset(n, num, seed):
     return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:num].sort().values
 
 
-def test_logs_match_lass_on_the_seeded_subset_and_tensorboard(tmp_path: Path):
+@pytest.mark.parametrize("clip", [None, "auto"], ids=["paper_box_by_default", "clip_auto"])
+def test_logs_match_lass_on_the_seeded_subset_and_tensorboard(tmp_path: Path, clip):
     dm = NoisyDigits(noise="random_labels", noise_fraction=0.5, batch_size=64, seed=0)
-    csr = CriticalSampleRatio(num_samples=120, radius=40.0, step_size=10.0, noise_std=5.0, max_iter=20, seed=3,
-                              train=True, num_train_samples=150)
+    config = LASSConfig(radius=15.0, step_size=4.0, noise_std=2.0, max_iter=20, seed=3)
+    if clip is not None:
+        config = dataclasses.replace(config, clip=clip)
+    csr = CriticalSampleRatio(num_samples=120, lass=config, train=True, num_train_samples=150)
     model = Classifier()
     trainer(tmp_path, [csr], max_epochs=2, limit_train_batches=3).fit(model, dm)
     # Independent evaluation with the final model: the same seeded subsets and parameters, by hand.
-    r, a, b = (pixels_to_input_units(v, dm.std) for v in (40.0, 10.0, 5.0))
-    clip = tuple(t.view(-1, 1, 1) for t in dm.input_bounds)
+    r, a, b = (pixels_to_input_units(v, dm.std) for v in (15.0, 4.0, 2.0))
+    bounds = tuple(t.view(-1, 1, 1) for t in dm.input_bounds)
     ids = subset(dm.num_val, 120, 3)
-    out = lass(model, dm.val_x[ids], radius=r, step_size=a, noise_std=b, max_iter=20, seed=3, sample_ids=ids, clip=clip)
+    by_clip = {
+        c: lass(model, dm.val_x[ids], radius=r, step_size=a, noise_std=b, max_iter=20, seed=3, sample_ids=ids, clip=c)
+        for c in (None, bounds)
+    }
+    # Clipping to the valid range changes the answer here: the default must be the paper's box, not the clipped one.
+    assert not torch.equal(by_clip[None].critical, by_clip[bounds].critical)
+    clip = None if clip is None else bounds
+    out = by_clip[clip]
     expected = out.critical.float().mean().item()
     assert 0 < expected < 1
     metrics = trainer_metrics = csr.history[-1]
@@ -104,8 +115,8 @@ def test_dataset_path_with_dict_batches_and_adapter(tmp_path: Path):
             return {"image": x[i], "label": y[i]}
 
     loader = DataLoader(DictSet(), batch_size=16)
-    csr = CriticalSampleRatio(num_samples=None, unit="input", radius=0.02, step_size=0.005, noise_std=0.005,
-                              max_iter=15, clip=None)
+    csr = CriticalSampleRatio(num_samples=None, lass=LASSConfig(unit="input", radius=0.02, step_size=0.005,
+                                                             noise_std=0.005, max_iter=15))
     model = Classifier()
     trainer(tmp_path, [csr]).validate(model, loader)
     out = lass(model, x, radius=0.02, step_size=0.005, noise_std=0.005, max_iter=15)
@@ -119,8 +130,8 @@ def test_dataset_path_with_dict_batches_and_adapter(tmp_path: Path):
         def __getitem__(self, i):
             return {"pixels": x[i], "class": y[i]}
 
-    adapted = CriticalSampleRatio(num_samples=None, unit="input", radius=0.02, step_size=0.005, noise_std=0.005,
-                                  max_iter=15, clip=None, batch_adapter=lambda b: ParsedBatch(b["pixels"], b["class"]))
+    adapted = CriticalSampleRatio(num_samples=None, lass=csr.lass,
+                                  batch_adapter=lambda b: ParsedBatch(b["pixels"], b["class"]))
 
     class WeirdModel(Classifier):
         def validation_step(self, batch, _):
@@ -128,21 +139,21 @@ def test_dataset_path_with_dict_batches_and_adapter(tmp_path: Path):
 
     trainer(tmp_path, [adapted]).validate(WeirdModel(), DataLoader(Weird(), batch_size=16))
     assert adapted.history[-1]["csr/val"] == pytest.approx(csr.history[-1]["csr/val"])
-    bad = CriticalSampleRatio(unit="input", clip=None)
+    bad = CriticalSampleRatio(lass=LASSConfig(unit="input"))
     with pytest.raises(TypeError, match="batch_adapter"):
         trainer(tmp_path, [bad]).validate(WeirdModel(), DataLoader(Weird(), batch_size=16))
 
 
 def test_zero_radius_gives_zero(tmp_path: Path):
     dm = NoisyDigits(batch_size=128)
-    csr = CriticalSampleRatio(num_samples=50, radius=0.0, max_iter=5)
+    csr = CriticalSampleRatio(num_samples=50, lass=LASSConfig(radius=0.0, max_iter=5))
     trainer(tmp_path, [csr]).validate(Classifier(), dm)
     assert csr.history[-1]["csr/val"] == 0.0
 
 
 def test_resume_keeps_history(tmp_path: Path):
     dm = NoisyDigits(batch_size=256)
-    kw = dict(num_samples=30, radius=40.0, max_iter=5)
+    kw = dict(num_samples=30, lass=LASSConfig(radius=40.0, max_iter=5))
     first = CriticalSampleRatio(**kw)
     ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
     trainer(tmp_path, [first, ckpt], max_epochs=1, limit_train_batches=2).fit(Classifier(), dm)
@@ -160,7 +171,7 @@ DDP_SCRIPT = """
 import torch, pytorch_lightning as pl
 from torch import nn
 from datamodules import NoisyDigits
-from memo_callbacks import CriticalSampleRatio
+from memo_callbacks import CriticalSampleRatio, LASSConfig
 
 class Net(pl.LightningModule):
     def __init__(self):
@@ -172,7 +183,7 @@ class Net(pl.LightningModule):
     def validation_step(self, batch, _):
         pass
 
-csr = CriticalSampleRatio(num_samples=101, radius=3.0, step_size=1.0, noise_std=1.0, max_iter=20, seed=3)
+csr = CriticalSampleRatio(num_samples=101, lass=LASSConfig(radius=3.0, step_size=1.0, noise_std=1.0, max_iter=20, seed=3))
 trainer = pl.Trainer(strategy="ddp" if DEVICES > 1 else "auto", accelerator="cpu", devices=DEVICES, logger=False, callbacks=[csr],
                      enable_progress_bar=False, enable_model_summary=False)
 trainer.validate(Net(), NoisyDigits(batch_size=64))
@@ -197,38 +208,91 @@ def test_pixel_units_need_a_std(tmp_path: Path):
     loader = DataLoader(TensorDataset(torch.randn(8, 64), torch.zeros(8, dtype=torch.long)), batch_size=4)
     with pytest.raises(ValueError, match="needs the inputs' per-channel std.*unit='input'"):
         trainer(tmp_path, [CriticalSampleRatio()]).validate(Classifier(), loader)
-    ok = CriticalSampleRatio(input_std=[0.5], num_samples=8, max_iter=3, clip=None)
+    ok = CriticalSampleRatio(input_std=[0.5], num_samples=8, lass=LASSConfig(max_iter=3))
     trainer(tmp_path, [ok]).validate(Classifier(), loader)
     assert ok.history[-1]["csr/val"] == 0.0
 
 
 @pytest.mark.parametrize(
-    "kwargs, match",
+    "kwargs, error, match",
     [
-        (dict(unit="pixels"), r"`unit` must be one of \('pixel', 'input'\), got 'pixels'"),
-        (dict(radius=-0.3), "`radius` must be a number >= 0, got -0.3"),
-        (dict(max_iter=0), "`max_iter` must be an integer >= 1, got 0"),
-        (dict(num_samples=0), "`num_samples` must be a positive integer or None"),
-        (dict(every_n_epochs=0), "`every_n_epochs` must be an integer >= 1"),
-        (dict(input_std=[0.0]), "`input_std` must be non-empty and > 0"),
-        (dict(clip="yes"), "`clip` must be 'auto', a \\(low, high\\) pair or None"),
-        (dict(pixel_scale=0), "`pixel_scale` must be > 0"),
+        (dict(num_samples=0), ValueError, "`num_samples` must be a positive integer or None"),
+        (dict(num_samples=True), ValueError, "`num_samples` must be a positive integer or None .*got True"),
+        (dict(num_train_samples=2.5), ValueError, "`num_train_samples` must be a positive integer or None .*got 2.5"),
+        (dict(every_n_epochs=0), ValueError, "`every_n_epochs` must be an integer >= 1"),
+        (dict(batch_size="8"), ValueError, "`batch_size` must be an integer >= 1, got '8'"),
+        (dict(batch_size=True), ValueError, "`batch_size` must be an integer >= 1, got True"),
+        (dict(input_std=[0.0]), ValueError, "`input_std` must be non-empty, finite and > 0"),
+        (dict(input_std=[float("inf")]), ValueError, "`input_std` must be non-empty, finite and > 0"),
+        (dict(input_std="wide"), ValueError, "`input_std` must be a positive number or a sequence of them, got 'wide'"),
+        (dict(pixel_scale=0), ValueError, "`pixel_scale` must be a finite number > 0 or None, got 0"),
+        (dict(pixel_scale="1/255"), ValueError, "`pixel_scale` must be a finite number > 0 or None, got '1/255'"),
+        (dict(train="yes"), TypeError, "`train` must be a bool, got 'yes'"),
+        (dict(batch_adapter=3), TypeError, "`batch_adapter` must be callable or None, got int"),
+        (dict(lass=dict(radius=1.0)), TypeError, "`lass` must be a LASSConfig or None, got dict"),
+        (dict(radius=0.3), TypeError, "unexpected keyword argument 'radius'"),  # the LASS settings live in `lass`
     ],
 )
-def test_bad_arguments(kwargs, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
         CriticalSampleRatio(**kwargs)
+
+
+BAD_LASS = [
+    (dict(radius=float("inf")), ValueError, r"`radius` must be a finite number >= 0, got inf"),
+    (dict(radius=-0.3), ValueError, r"`radius` must be a finite number >= 0, got -0.3"),
+    (dict(step_size=float("nan")), ValueError, r"`step_size` must be a finite number >= 0, got nan"),
+    (dict(noise_std="0.2"), TypeError, r"`noise_std` must be a finite number >= 0, got '0.2' \(str\)"),
+    (dict(radius=True), TypeError, r"`radius` must be a finite number >= 0, got True \(bool\)"),
+    (dict(unit="pixels"), ValueError, r"`unit` must be one of \('pixel', 'input'\), got 'pixels'"),
+    (dict(max_iter=0), ValueError, r"`max_iter` must be an int >= 1, got 0"),
+    (dict(max_iter=2.0), TypeError, r"`max_iter` must be an int >= 1, got 2.0 \(float\)"),
+    (dict(seed="x"), TypeError, r"`seed` must be an int \(a python or numpy integer, not a bool\), got 'x'"),
+    (dict(seed=None), TypeError, r"`seed` must be an int .*got None"),
+    (dict(seed=1.5), TypeError, r"`seed` must be an int .*got 1.5"),
+    (dict(seed=torch.tensor(0)), TypeError, r"`seed` must be an int .*got tensor\(0\)"),
+    (dict(clip="yes"), ValueError, r"`clip` must be None, 'auto' or a \(low, high\) pair, got 'yes'"),
+    (dict(clip=True), ValueError, r"`clip` must be None, 'auto' or a \(low, high\) pair, got True"),
+    (dict(clip=(1.0, 0.0)), ValueError, r"`clip` must have low <= high"),
+    (dict(clip=(0.0, float("inf"))), ValueError, r"`clip\[1\]` must be a finite number or a tensor of them, got inf"),
+    (dict(clip=(0.0, "top")), ValueError, r"`clip\[1\]` must be a finite number or a tensor of them, got 'top'"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD_LASS, ids=[f"{k}={v!r}" for d, _, _ in BAD_LASS for k, v in d.items()])
+def test_bad_lass_config(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        LASSConfig(**kwargs)
+
+
+def test_lass_config_defaults_are_the_papers_and_frozen():
+    import numpy as np
+
+    config = CriticalSampleRatio().lass
+    assert config == LASSConfig(radius=0.3, step_size=0.25, noise_std=0.2, unit="pixel", max_iter=100, clip=None, seed=0)
+    assert LASSConfig(seed=np.int64(4)).seed == 4 and type(LASSConfig(seed=np.int64(4)).seed) is int
+    assert LASSConfig(clip=[0, 1]).clip == (0.0, 1.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.radius = 1.0
+
+
+def test_clip_auto_needs_input_bounds(tmp_path: Path):
+    loader = DataLoader(TensorDataset(torch.randn(8, 64), torch.zeros(8, dtype=torch.long)), batch_size=4)
+    csr = CriticalSampleRatio(input_std=[0.5], num_samples=8, lass=LASSConfig(max_iter=3, clip="auto"))
+    with pytest.raises(ValueError, match=r"LASSConfig\(clip='auto'\) needs a datamodule with `input_bounds`"):
+        trainer(tmp_path, [csr]).validate(Classifier(), loader)
 
 
 def test_more_samples_than_the_split_warns_and_examines_all():
     import pytorch_lightning as pl
 
     from datamodules import NoisyDigits
-    from memo_callbacks import CriticalSampleRatio
+    from memo_callbacks import CriticalSampleRatio, LASSConfig
     from models import MLPClassifier
 
     dm = NoisyDigits(subset=100, batch_size=50)
-    csr = CriticalSampleRatio(num_samples=1000, max_iter=2, unit="input", radius=0.1, step_size=0.1, noise_std=0.0)
+    csr = CriticalSampleRatio(num_samples=1000, lass=LASSConfig(max_iter=2, unit="input", radius=0.1, step_size=0.1,
+                                                                noise_std=0.0))
     trainer = pl.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[csr], num_sanity_val_steps=0)
     with pytest.warns(UserWarning, match="1000 samples asked for but the split has 297; examining all 297"):
@@ -239,11 +303,12 @@ def test_measures_once_per_epoch_with_mid_epoch_validation():
     import pytorch_lightning as pl
 
     from datamodules import NoisyDigits
-    from memo_callbacks import CriticalSampleRatio
+    from memo_callbacks import CriticalSampleRatio, LASSConfig
     from models import MLPClassifier
 
     dm = NoisyDigits(subset=256, batch_size=32)  # 8 steps per epoch, validation every 4
-    csr = CriticalSampleRatio(num_samples=20, max_iter=2, unit="input", radius=0.1, step_size=0.1, noise_std=0.0)
+    csr = CriticalSampleRatio(num_samples=20, lass=LASSConfig(max_iter=2, unit="input", radius=0.1, step_size=0.1,
+                                                              noise_std=0.0))
     trainer = pl.Trainer(max_epochs=2, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          enable_model_summary=False, callbacks=[csr], num_sanity_val_steps=0, val_check_interval=0.5)
     trainer.fit(MLPClassifier((1, 8, 8), 10, hidden=(8,)), dm)

@@ -132,7 +132,7 @@ def test_eval_pass_against_reference_and_tensorboard(tmp_path: Path):
     assert last.num == sum(f >= 0 for f in first) and last.max == max(first)
 
     # the history file beside the logs
-    saved = torch.load(Path(trainer.logger.log_dir) / "example_dynamics.pt")
+    saved = torch.load(Path(trainer.logger.log_dir) / "dynamics" / "example_dynamics.pt")
     assert torch.equal(saved["correct"], h.correct) and torch.equal(saved["first_learned"], h.first_learned)
     assert torch.equal(saved["learned_for_good"], h.learned_for_good) and torch.equal(saved["noisy"], noisy)
 
@@ -273,10 +273,43 @@ def test_argument_errors():
         ExampleDynamics(eval_batch_size=0)
     with pytest.raises(ValueError, match="`loss_dtype` must be one of"):
         ExampleDynamics(loss_dtype=torch.int32)
-    with pytest.raises(ValueError, match="`filename` must be a plain file name"):
+    with pytest.raises(ValueError, match=r"`filename` must be a plain name .*got 'a/b.pt'"):
         ExampleDynamics(filename="a/b.pt")
+    with pytest.raises(ValueError, match=r"`filename` must be a plain name .*got '..'"):
+        ExampleDynamics(filename="..")
     with pytest.raises(ValueError, match="`name` must be a non-empty tag prefix"):
         ExampleDynamics(name="")
+    with pytest.raises(ValueError, match=r"`name` must be a plain name .*got '../up'"):
+        ExampleDynamics(name="../up")
+    with pytest.raises(ValueError, match="`every_n_epochs` must be a positive integer, got True"):
+        ExampleDynamics(every_n_epochs=True)
+    with pytest.raises(ValueError, match="`eval_batch_size` must be a positive integer, got 2.5"):
+        ExampleDynamics(eval_batch_size=2.5)
+    with pytest.raises(TypeError, match="`logits_key` must be a non-empty string, got 3"):
+        ExampleDynamics(logits_key=3)
+    with pytest.raises(TypeError, match="`loss_fn` must be callable or None, got str"):
+        ExampleDynamics(loss_fn="ce")
+    with pytest.raises(TypeError, match="`batch_adapter` must be callable or None, got int"):
+        ExampleDynamics(batch_adapter=1)
+    with pytest.raises(TypeError, match="`log_histogram` must be a bool, got 'no'"):
+        ExampleDynamics(log_histogram="no")
+
+
+def test_history_file_never_lands_in_the_cwd_nor_over_another_file(tmp_path: Path, monkeypatch):
+    cwd, root = tmp_path / "cwd", tmp_path / "root"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    folder = root / "dynamics"
+    folder.mkdir(parents=True)
+    (folder / "example_dynamics.pt").write_text("someone else's file")
+    cb = ExampleDynamics()
+    with pytest.warns(UserWarning, match=r"example_dynamics.pt' exists and was not written by this run"):
+        pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                   enable_model_summary=False, default_root_dir=root, callbacks=[cb]).fit(Tiny(), _dm())
+    assert list(cwd.iterdir()) == []
+    assert (folder / "example_dynamics.pt").read_text() == "someone else's file"
+    assert cb.saved_paths == [folder / "example_dynamics-v1.pt"]
+    assert torch.equal(torch.load(folder / "example_dynamics-v1.pt")["correct"], cb.history.correct)
 
 
 def test_runtime_errors(tmp_path: Path):

@@ -138,6 +138,53 @@ def test_resume_continues_the_accumulated_sums(tmp_path):
     assert torch.equal(straight.total_count, torch.full((96,), 2))
 
 
+BAD = [
+    (dict(window=True), ValueError, r"`window` must be a positive integer, got True"),
+    (dict(window=2.5), ValueError, r"`window` must be a positive integer, got 2.5"),
+    (dict(measure_every="2"), ValueError, r"`measure_every` must be a positive integer, got '2'"),
+    (dict(every_n_epochs=0), ValueError, r"`every_n_epochs` must be a positive integer, got 0"),
+    (dict(num_examples=True), ValueError, r"`num_examples` must be a positive integer or None, got True"),
+    (dict(max_buffer_bytes=0), ValueError, r"`max_buffer_bytes` must be an int >= 1, got 0"),
+    (dict(max_buffer_bytes=1e9), TypeError, r"`max_buffer_bytes` must be an int >= 1, got 1000000000.0 \(float\)"),
+    (dict(num_classes=0), ValueError, r"`num_classes` must be an int >= 1 or None, got 0"),
+    (dict(per_class="yes", mode="unrolled"), TypeError, r"`per_class` must be a bool, got 'yes'"),
+    (dict(loss_fn=None), TypeError, r"`loss_fn` must be callable, got NoneType"),
+    (dict(batch_adapter="xy"), TypeError, r"`batch_adapter` must be callable or None, got str"),
+    (dict(prefix="../../x"), ValueError, r"`prefix` must be a plain name .*got '../../x'"),
+    (dict(prefix="a/b"), ValueError, r"`prefix` must be a plain name .*got 'a/b'"),
+    (dict(prefix=".hidden"), ValueError, r"`prefix` must be a plain name .*got '.hidden'"),
+    (dict(prefix=""), ValueError, r"`prefix` must be a plain name .*got ''"),
+    (dict(prefix=3), ValueError, r"`prefix` must be a plain name .*got 3"),
+]
+
+
+@pytest.mark.parametrize("kwargs, error, match", BAD, ids=[f"{k}={v!r}" for d, _, _ in BAD for k, v in d.items() if k != "mode"])
+def test_bad_arguments_are_rejected_in_init(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        LossSensitivity(**kwargs)
+
+
+def test_files_go_to_the_callbacks_folder_never_the_cwd_and_never_over_others(tmp_path, monkeypatch):
+    cwd, root = tmp_path / "cwd", tmp_path / "root"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    dm = digits()
+    cb = LossSensitivity()
+    fit(Tiny(), dm, [cb], root, epochs=2)  # logger=False: under default_root_dir
+    assert list(cwd.iterdir()) == []
+    folder = root / "sensitivity"
+    assert cb.saved_paths == [folder / "epoch=0.pt", folder / "epoch=1.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch=0.pt", "epoch=1.pt"]
+    mine = torch.load(folder / "epoch=1.pt")
+    # A second run into the same folder keeps the first run's files and writes beside them, with a warning.
+    again = LossSensitivity()
+    with pytest.warns(UserWarning, match=r"epoch=0.pt' exists and was not written by this run; writing .*epoch=0-v1.pt"):
+        fit(Tiny(), dm, [again], root, epochs=1)
+    assert again.saved_paths == [folder / "epoch=0-v1.pt"]
+    assert torch.equal(torch.load(folder / "epoch=1.pt")["g_bar"], mine["g_bar"], )
+    assert list(cwd.iterdir()) == []
+
+
 def test_errors(tmp_path):
     with pytest.raises(ValueError, match="`mode` must be 'proxy' or 'unrolled', got 'exact'"):
         LossSensitivity(mode="exact")

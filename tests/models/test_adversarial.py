@@ -13,6 +13,7 @@ from helpers import quiet_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import NoisyDigits
+from memo_callbacks import LASSConfig
 from models import CNNClassifier, MLPClassifier, step_seed
 
 SHAPE = (1, 8, 8)
@@ -38,7 +39,7 @@ class StepRecorder(pl.Callback):
 def test_loss_is_the_documented_mix(tmp_path, fake_lass, w):
     dm = NoisyDigits(noise="random_labels", noise_fraction=0.5, subset=60, batch_size=20, seed=0)
     rec = StepRecorder()
-    model = MLPClassifier(SHAPE, 10, hidden=(16,), lr=0.5, adversarial_weight=w, adversarial_seed=5)
+    model = MLPClassifier(SHAPE, 10, hidden=(16,), lr=0.5, adversarial_weight=w, lass=LASSConfig(seed=5))
     trainer(tmp_path, callbacks=[rec]).fit(model, dm)
     unit = dm.pixel_scale / dm.std.view(-1, 1, 1)  # [C, 1, 1]: one pixel unit in model-input units
     assert len(rec.steps) == len(fake_lass.calls) == 3
@@ -76,9 +77,8 @@ def test_adversarial_metrics_are_logged(tmp_path, fake_lass):
 
 def test_input_units_clip_and_iterations_pass_through(tmp_path, fake_lass):
     dm = NoisyDigits(subset=20, batch_size=20, seed=0)
-    model = CNNClassifier(SHAPE, 10, width=0.05, crop=1, adversarial_weight=0.3, adversarial_unit="input",
-                          adversarial_radius=5.0, adversarial_step_size=1.0, adversarial_noise_std=0.5,
-                          adversarial_max_iter=7, adversarial_clip=True)  # fmt: skip
+    lass = LASSConfig(unit="input", radius=5.0, step_size=1.0, noise_std=0.5, max_iter=7, clip="auto")
+    model = CNNClassifier(SHAPE, 10, width=0.05, crop=1, adversarial_weight=0.3, lass=lass)
     trainer(tmp_path).fit(model, dm)
     (call,) = fake_lass.calls
     assert (call["radius"], call["step_size"], call["noise_std"], call["max_iter"]) == (5.0, 1.0, 0.5, 7)
@@ -86,6 +86,14 @@ def test_input_units_clip_and_iterations_pass_through(tmp_path, fake_lass):
     torch.testing.assert_close(call["clip"][0], low.view(-1, 1, 1))
     torch.testing.assert_close(call["clip"][1], high.view(-1, 1, 1))
     assert not call["x_requires_grad"]
+
+
+def test_explicit_clip_bounds_pass_through(tmp_path, fake_lass):
+    dm = NoisyDigits(subset=20, batch_size=20, seed=0)
+    lass = LASSConfig(unit="input", radius=5.0, max_iter=3, clip=(-1.0, 2.0))
+    trainer(tmp_path).fit(MLPClassifier(SHAPE, 10, hidden=(8,), adversarial_weight=0.3, lass=lass), dm)
+    (call,) = fake_lass.calls
+    assert call["clip"][0].flatten().tolist() == [-1.0] and call["clip"][1].flatten().tolist() == [2.0]
 
 
 def test_explicit_std_without_a_datamodule_and_positions_as_sample_ids(tmp_path, fake_lass):
@@ -102,14 +110,12 @@ def test_explicit_std_without_a_datamodule_and_positions_as_sample_ids(tmp_path,
 def test_pixel_units_without_std_is_a_clear_error(tmp_path, fake_lass):
     loader = DataLoader(TensorDataset(torch.randn(4, *SHAPE), torch.zeros(4, dtype=torch.long)), batch_size=4)
     model = MLPClassifier(SHAPE, 10, hidden=(8,), adversarial_weight=0.5)
-    with pytest.raises(ValueError, match=r"`adversarial_unit='pixel'` needs the inputs' per-channel std"):
+    with pytest.raises(ValueError, match=r"`LASSConfig\(unit='pixel'\)` needs the inputs' per-channel std"):
         trainer(tmp_path).fit(model, loader)
-    model = MLPClassifier(
-        SHAPE, 10, hidden=(8,), adversarial_weight=0.5, adversarial_unit="input", adversarial_clip=True
-    )
-    with pytest.raises(ValueError, match=r"`adversarial_clip=True` needs the valid input range"):
+    model = MLPClassifier(SHAPE, 10, hidden=(8,), adversarial_weight=0.5, lass=LASSConfig(unit="input", clip="auto"))
+    with pytest.raises(ValueError, match=r"`LASSConfig\(clip='auto'\)` needs the valid input range"):
         trainer(tmp_path).fit(model, loader)
-    with pytest.raises(ValueError, match=r"`adversarial_unit='pixel'` needs"):  # outside a Trainer, too
+    with pytest.raises(ValueError, match=r"`LASSConfig\(unit='pixel'\)` needs"):  # outside a Trainer, too
         MLPClassifier(SHAPE, 10, hidden=(8,), adversarial_weight=0.5).adversarial_examples(torch.zeros(2, *SHAPE))
     assert not fake_lass.calls
 
@@ -135,3 +141,8 @@ def test_input_gradient_is_the_clean_terms(tmp_path, fake_lass):
     model = MLPClassifier(SHAPE, 10, hidden=(8,), adversarial_weight=w)
     trainer(tmp_path, callbacks=[hook]).fit(model, NoisyDigits(subset=10, batch_size=10, seed=0))
     torch.testing.assert_close(hook.got, hook.expected)
+
+
+def test_step_seed_needs_an_int():
+    with pytest.raises(TypeError, match=r"`seed` must be an int .*got '5'"):
+        step_seed("5", 1)

@@ -12,7 +12,7 @@ import torch.nn.functional as F  # noqa: E402
 from helpers import quiet_trainer  # noqa: E402
 
 from datamodules import NoisyDigits  # noqa: E402
-from memo_callbacks.functional.lass import lass  # noqa: E402
+from memo_callbacks.functional.lass import LASSConfig, lass  # noqa: E402
 from models import CNNClassifier, MLPClassifier, step_seed  # noqa: E402
 
 SHAPE = (1, 8, 8)
@@ -50,9 +50,8 @@ def test_loss_matches_an_independent_lass_call(tmp_path):
     torch.manual_seed(0)
     dm = NoisyDigits(noise="random_labels", noise_fraction=0.5, subset=60, batch_size=20, seed=0)
     lass_kwargs = dict(radius=1.0, step_size=0.5, noise_std=0.1, max_iter=10)  # large: most samples flip
-    model = MLPClassifier(SHAPE, 10, hidden=(32,), lr=0.1, adversarial_weight=0.5, adversarial_unit="input",
-                          adversarial_radius=1.0, adversarial_step_size=0.5, adversarial_noise_std=0.1,
-                          adversarial_max_iter=10, adversarial_seed=3)  # fmt: skip
+    model = MLPClassifier(SHAPE, 10, hidden=(32,), lr=0.1, adversarial_weight=0.5,
+                          lass=LASSConfig(unit="input", seed=3, **lass_kwargs))
     check = ExpectedLoss(0.5, lass_kwargs, seed=3)
     t = trainer(tmp_path, callbacks=[check])
     t.fit(model, dm)
@@ -67,8 +66,8 @@ def test_loss_matches_an_independent_lass_call(tmp_path):
 def test_paper_defaults_with_dropout_and_clipping_stay_in_the_box(tmp_path):
     torch.manual_seed(0)
     dm = NoisyDigits(noise="random_labels", subset=40, batch_size=20, seed=0)
-    model = CNNClassifier(SHAPE, 10, width=0.05, crop=1, dropout=0.3, adversarial_weight=0.5, adversarial_max_iter=5,
-                          adversarial_clip=True)  # fmt: skip
+    model = CNNClassifier(SHAPE, 10, width=0.05, crop=1, dropout=0.3, adversarial_weight=0.5,
+                          lass=LASSConfig(max_iter=5, clip="auto"))
     t = trainer(tmp_path, max_epochs=2)
     t.fit(model, dm)
     assert torch.isfinite(t.callback_metrics["train/loss"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import warnings
 
@@ -17,7 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from datamodules import NoisyDigits
-from models import CNNClassifier, MemorizationClassifier, MLPClassifier, WeightedMean
+from memo_callbacks import LASSConfig
+from models import MLP, CNNClassifier, Crop, GaussianNoise, MemorizationClassifier, MLPClassifier, PaperCNN, WeightedMean
 
 SHAPE = (1, 8, 8)  # NoisyDigits
 
@@ -124,11 +126,10 @@ def test_cnn_learning_rate_halves_every_15_epochs(tmp_path):
     [
         (MLPClassifier, dict(in_shape=SHAPE, num_classes=10, hidden=[12, 6], init="glorot_uniform", dropout=0.25,
                              input_noise_std=0.3, lr=0.02, momentum=0.5, weight_decay=1e-3, lr_halving_epochs=3,
-                             adversarial_weight=0.4, adversarial_radius=0.5, adversarial_unit="input",
-                             adversarial_max_iter=7, adversarial_seed=11)),
+                             adversarial_weight=0.4, lass=LASSConfig(radius=0.5, unit="input", max_iter=7, seed=11))),
         (CNNClassifier, dict(in_shape=SHAPE, num_classes=10, width=0.05, crop=1, input_dropout=0.1,
                              hidden_noise_std=0.2, lr=0.03, lr_halving_epochs=None, input_std=[0.5], pixel_scale=0.01,
-                             adversarial_clip=True)),
+                             lass=LASSConfig(clip=(-1.0, 2.0)))),
     ],
     ids=["mlp", "cnn"],
 )  # fmt: skip
@@ -139,7 +140,8 @@ def test_hyperparameters_round_trip_through_a_checkpoint(tmp_path, cls, kwargs, 
     t.save_checkpoint(tmp_path / "model.ckpt")
     restored = cls.load_from_checkpoint(tmp_path / "model.ckpt")
     for key, value in kwargs.items():
-        assert restored.hparams[key] == value, key
+        assert restored.hparams[key] == (dataclasses.asdict(value) if key == "lass" else value), key
+    assert restored.lass == model.lass == kwargs["lass"]
     assert restored.configure_optimizers().__class__ is model.configure_optimizers().__class__
     for (k, a), (_, b) in zip(model.state_dict().items(), restored.state_dict().items(), strict=True):
         assert torch.equal(a, b), k
@@ -320,14 +322,10 @@ BAD = [
     (dict(lr_halving_epochs=1.5), r"`lr_halving_epochs` must be a positive integer or None, got 1.5"),
     (dict(adversarial_weight=1.0), r"`adversarial_weight` must be in \[0, 1\), got 1.0"),
     (dict(adversarial_weight=-0.2), r"`adversarial_weight` must be in \[0, 1\), got -0.2"),
-    (dict(adversarial_radius=-1.0), r"`adversarial_radius` must be a finite number >= 0, got -1.0"),
-    (dict(adversarial_step_size=float("inf")), r"`adversarial_step_size` must be a finite number >= 0, got inf"),
-    (dict(adversarial_noise_std=-0.2), r"`adversarial_noise_std` must be a finite number >= 0, got -0.2"),
-    (dict(adversarial_unit="pixels"), r"`adversarial_unit` must be one of \('pixel', 'input'\), got 'pixels'"),
-    (dict(adversarial_max_iter=0), r"`adversarial_max_iter` must be an integer >= 1, got 0"),
-    (dict(adversarial_max_iter=2.0), r"`adversarial_max_iter` must be an integer >= 1, got 2.0"),
-    (dict(adversarial_clip="yes"), r"`adversarial_clip` must be a bool, got 'yes'"),
-    (dict(adversarial_seed=1.5), r"`adversarial_seed` must be an integer, got 1.5"),
+    (dict(lass=dict(radius=-1.0)), r"`radius` must be a finite number >= 0, got -1.0"),
+    (dict(lass=dict(unit="pixels")), r"`unit` must be one of \('pixel', 'input'\), got 'pixels'"),
+    (dict(lass=dict(max_iter=0)), r"`max_iter` must be an int >= 1, got 0"),
+    (dict(lr=True), r"`lr` must be > 0, got True"),
     (dict(input_std=0.0), r"`input_std` must be a positive number or a sequence of them .*, got 0.0"),
     (dict(input_std=[0.5, -1.0]), r"`input_std` must be a positive number .*, got \[0.5, -1.0\]"),
     (dict(pixel_scale=0.0), r"`pixel_scale` must be > 0, got 0.0"),
@@ -349,12 +347,61 @@ def test_bad_network_arguments():
         tiny_mlp(init="he")
     with pytest.raises(ValueError, match=r"`hidden` widths must be >= 1, got \(0,\)"):
         MLPClassifier(SHAPE, 10, hidden=(0,))
-    with pytest.raises(ValueError, match=r"`width` must be > 0, got 0"):
+    with pytest.raises(ValueError, match=r"`hidden` widths must be >= 1, got \(8.0,\)"):
+        MLPClassifier(SHAPE, 10, hidden=(8.0,))
+    with pytest.raises(ValueError, match=r"`hidden` widths must be >= 1, got \(8, True\)"):
+        MLPClassifier(SHAPE, 10, hidden=(8, True))
+    with pytest.raises(ValueError, match=r"`in_shape` must be an int or a sequence of ints such as \(C, H, W\), got '8x8'"):
+        MLPClassifier("8x8", 10)
+    with pytest.raises(ValueError, match=r"`width` must be a finite number > 0.0, got 0"):
         CNNClassifier(SHAPE, 10, width=0)
+    with pytest.raises(ValueError, match=r"`width` must give every layer at least one channel or unit .*width > 1/384.*got 1e-09, which gives 0, 0 and 0"):
+        CNNClassifier(SHAPE, 10, width=1e-9)
+    with pytest.raises(ValueError, match=r"`width` must give every layer .*got 0.0026041666666666665, which gives 1, 1 and 0"):
+        CNNClassifier(SHAPE, 10, width=1 / 384)
+    assert CNNClassifier(SHAPE, 10, width=0.003, crop=1).network[1].out_channels == 1  # the smallest width allowed
+    with pytest.raises(TypeError, match=r"`width` must be a finite number > 0.0, got True \(bool\)"):
+        CNNClassifier(SHAPE, 10, width=True)
+    with pytest.raises(ValueError, match=r"`crop` must be an int >= 0, got -3"):
+        CNNClassifier(SHAPE, 10, crop=-3)
+    with pytest.raises(TypeError, match=r"`crop` must be an int >= 0, got 1.5 \(float\)"):
+        CNNClassifier(SHAPE, 10, crop=1.5)
+    with pytest.raises(ValueError, match=r"`crop`=4 leaves nothing of a 8x8 image"):
+        CNNClassifier(SHAPE, 10, crop=4)
+    with pytest.raises(TypeError, match=r"`num_classes` must be an int >= 1, got 10.0 \(float\)"):
+        CNNClassifier(SHAPE, 10.0)
+    with pytest.raises(ValueError, match=r"`num_classes` must be an int >= 1, got 0"):
+        MLPClassifier(SHAPE, 0)
+    with pytest.raises(ValueError, match=r"`in_shape` must be \(C, H, W\), got \(1, 8, 8.0\)"):
+        CNNClassifier((1, 8, 8.0), 10)
+    with pytest.raises(TypeError, match=r"`lass` must be a LASSConfig, a dict of its fields or None, got str"):
+        tiny_mlp(lass="paper")
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'adversarial_radius'"):
+        tiny_mlp(adversarial_radius=0.3)  # the LASS settings live in `lass`
+    with pytest.raises(TypeError, match=r"`seed` must be an int .*got 1.5"):
+        tiny_mlp(lass=LASSConfig(seed=1.5))
     with pytest.raises(ValueError, match=r"`in_shape` must be \(C, H, W\), got \(8, 8\)"):
         CNNClassifier((8, 8), 10)
     with pytest.raises(TypeError, match=r"`network` must be an nn.Module, got str"):
         MemorizationClassifier("mlp")
+
+
+@pytest.mark.parametrize(
+    "build, error, match",
+    [
+        (lambda: GaussianNoise(-1.0), ValueError, r"`std` must be a finite number >= 0, got -1.0"),
+        (lambda: GaussianNoise("0.1"), TypeError, r"`std` must be a finite number >= 0, got '0.1'"),
+        (lambda: Crop(-1), ValueError, r"`pixels` must be an int >= 0, got -1"),
+        (lambda: Crop(1.5), TypeError, r"`pixels` must be an int >= 0, got 1.5"),
+        (lambda: MLP(784.0, 10), TypeError, r"`in_features` must be an int >= 1, got 784.0"),
+        (lambda: MLP(784, 10, dropout=1.0), ValueError, r"`dropout` must be a finite number in \[0.0, 1.0\), got 1.0"),
+        (lambda: PaperCNN((3, 32, 32), 10, width=0.001), ValueError, r"`width` must give every layer at least one"),
+        (lambda: PaperCNN((3, 32, 32), 10, crop=-3), ValueError, r"`crop` must be an int >= 0, got -3"),
+    ],
+)
+def test_bad_plain_network_arguments(build, error, match):
+    with pytest.raises(error, match=match):
+        build()
 
 
 def test_mlp_accepts_a_flat_input_size():

@@ -129,6 +129,11 @@ def test_misclassification_rate_and_binomial_reference():
 
 def test_errors():
     x, y = _data()
+    for seed in (0.0, "0", None, True, torch.tensor(0)):
+        with pytest.raises(TypeError, match=r"`seed` must be an int \(a python or numpy integer, not a bool\)"):
+            train_ensemble(x, y, num_members=2, seed=seed)
+    with pytest.raises(TypeError, match=r"`seed` must be an int"):
+        member_orders(10, 2, 0, seed=1.5)
     with pytest.raises(ValueError, match=r"`num_members` must be a positive integer, got 0"):
         train_ensemble(x, y, num_members=0)
     with pytest.raises(ValueError, match=r"`batch_size` must be a positive integer, got 0"):

@@ -224,6 +224,9 @@ def test_empty_input_and_pixel_units():
         (dict(clip=(1.0, -1.0)), ValueError, "`clip` must have low <= high"),
         (dict(clip=(0.0,)), ValueError, r"`clip` must be a \(low, high\) pair"),
         (dict(seed=1.5), TypeError, "`seed` must be an int"),
+        (dict(seed="x"), TypeError, r"`seed` must be an int \(a python or numpy integer, not a bool\), got 'x'"),
+        (dict(seed=True), TypeError, r"`seed` must be an int .*got True \(bool\)"),
+        (dict(seed=2**64), ValueError, r"`seed` must be in \[-2\*\*63, 2\*\*64 - 1\]"),
     ],
 )
 def test_bad_arguments(kwargs, error, match):
