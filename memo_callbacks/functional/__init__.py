@@ -23,6 +23,7 @@ from memo_callbacks.functional.lass import LassResult, lass, lass_noise, pixels_
 from memo_callbacks.functional.sensitivity import input_gradient_sensitivity, per_example_norm
 from memo_callbacks.functional.unrolled import (
     SGDRule,
+    SGDTrajectoryRecorder,
     SGDWindowRecorder,
     UnrolledSensitivity,
     UnrolledWindow,
@@ -34,6 +35,7 @@ __all__ = [
     "LassResult",
     "MLPParams",
     "SGDRule",
+    "SGDTrajectoryRecorder",
     "SGDWindowRecorder",
     "UnrolledSensitivity",
     "UnrolledWindow",

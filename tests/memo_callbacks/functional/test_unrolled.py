@@ -79,7 +79,7 @@ def test_unrolled_matches_finite_differences(rule):
     model, x, y, steps = tiny_problem()
     params = start_params(model)
     lrs = [0.3, 0.2, 0.25, 0.1, 0.3, 0.2]
-    measure = [2, 5]
+    measure = [2, 3]  # example 5 is drawn only at steps 3 and 4, at or after the last measured step
     out = unrolled_sensitivity(
         model, params, x, y, steps, lr=lrs, momentum=rule.momentum, dampening=rule.dampening,
         nesterov=rule.nesterov, weight_decay=rule.weight_decay, measure_steps=measure,
@@ -99,8 +99,14 @@ def test_unrolled_matches_finite_differences(rule):
         if later.numel():
             assert torch.all(out.per_step[row, later] == 0)
     torch.testing.assert_close(out.class_sums, class_sums, rtol=1e-6, atol=1e-9)
-    sizes = torch.bincount(y[torch.cat(steps).unique()], minlength=C).double()
-    torch.testing.assert_close(out.class_matrix, class_sums / (len(measure) * sizes))
+    # The denominators: examples of class j drawn before the last measured step (their sensitivity can be nonzero);
+    # one drawn only at or after it is identically 0 and must not dilute the mean.
+    influential = torch.tensor([i for i in range(N) if any(i in steps[s].tolist() for s in range(max(measure)))])
+    sizes = torch.bincount(y[influential], minlength=C).double()
+    all_drawn = torch.bincount(y[torch.cat(steps).unique()], minlength=C).double()
+    assert not torch.equal(sizes, all_drawn)  # the problem draws examples after the last measured step
+    torch.testing.assert_close(out.class_sizes.double(), sizes)
+    torch.testing.assert_close(out.class_matrix, class_sums / (len(measure) * sizes.clamp_min(1)))
     torch.testing.assert_close(out.g_bar, out.per_step.mean(0))
 
 
