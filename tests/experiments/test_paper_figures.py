@@ -78,6 +78,44 @@ def test_fig4_matrix(tmp_path: Path):
     assert_png(tmp_path / "fig4" / "fig4.png")
 
 
+def test_sensitivity_engines_give_the_same_numbers():
+    """The callback engine (Trainer + LossSensitivity) replays the functional engine's trajectory: same numbers."""
+    runs = load("sensitivity_runs")
+    dm = runs.fig3_datamodule("digits", "./unused", False, False, 100, 0)
+    kw = dict(hidden=(8, 8), lr=0.05, batch_size=8, window=40, measure_every=2, seed=0, per_class=True, norm="l2")
+    a = runs.run_protocol(dm, 60, engine="functional", **kw)  # a window (40) longer than nothing: 60 steps, one epoch
+    b = runs.run_protocol(dm, 60, engine="callback", **kw)
+    assert a.unrolled.steps.tolist() == list(range(1, 40, 2)) and float(a.g_bar.max()) > 0
+    torch.testing.assert_close(b.g_bar, a.g_bar, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(b.class_matrix, a.class_matrix, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(b.proxy, a.proxy, rtol=1e-5, atol=1e-9)
+    assert b.train_acc == a.train_acc
+
+
+def test_fig3_callback_engine_norm_and_one_class_per_example_panel(tmp_path: Path):
+    fig3 = load("fig3")
+    args = ["--quick", "--steps", "30", "--window", "20", "--examples", "60", "--hidden", "8", "--norm", "linf",
+            "--one-class-per-example"]
+    a = fig3.main([*args, "--out", str(tmp_path / "a")])
+    b = fig3.main([*args, "--engine", "callback", "--out", str(tmp_path / "b")])
+    assert set(a) == {"real", "random", "real, 1 class/example", "random, 1 class/example"}
+    for name in a:
+        assert [r["gini"] for r in b[name]] == pytest.approx([r["gini"] for r in a[name]], rel=1e-5)
+    config = json.loads((tmp_path / "b" / "fig3" / "config.json").read_text())["config"]
+    assert config["norm"] == "linf" and config["engine"] == "callback"
+    assert_png(tmp_path / "b" / "fig3" / "fig3.png")
+    with pytest.raises(SystemExit, match="--norm must be l1, l2 or linf, got 'l3'"):
+        fig3.main(["--quick", "--norm", "l3", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--engine must be functional or callback, got 'gpu'"):
+        fig3.main(["--quick", "--engine", "gpu", "--out", str(tmp_path)])
+
+
+def test_fig4_shared_colour_scale():
+    fig4 = load("fig4")
+    scale = fig4.shared_log_scale({"real": torch.tensor([[4.0, 0.5], [0.0, 2.0]]), "random": torch.tensor([[9.0, 0.1]])})
+    assert (scale.vmin, scale.vmax) == (pytest.approx(0.1), pytest.approx(9.0))
+
+
 def test_fig4_diagonal_measures():
     fig4 = load("fig4")
     m = torch.tensor([[4.0, 1.0], [2.0, 2.0]])
