@@ -124,16 +124,45 @@ def test_fig4_diagonal_measures():
 
 
 @pytest.mark.parametrize("figure", ["fig7", "fig8"])
-def test_noise_level_figures(tmp_path: Path, figure: str):
+def test_noise_level_figures_run_both_noise_kinds(tmp_path: Path, figure: str):
     script = load(figure)
     results = script.main(["--quick", "--epochs", "1", "--hidden", "16", "--csr-samples", "20", "--max-iter", "3",
                            "--fractions", "0", "0.5", "--out", str(tmp_path)])
-    assert set(results) == {0.0, 0.5}
-    assert "train/acc_noisy" in results[0.5].rows[-1] and "train/acc_noisy" not in results[0.0].rows[-1]
-    kind = "randY" if figure == "fig7" else "randX"
-    config = json.loads((run_dir(tmp_path, figure, f"{kind}_0.50") / "config.json").read_text())
-    assert config["fraction"] == 0.5
+    assert set(results) == {"randY", "randX"}
+    for kind in ("randY", "randX"):
+        assert set(results[kind]) == {0.0, 0.5} and len(results[kind][0.5]) == 1
+        assert "train/acc_noisy" in results[kind][0.5][0].rows[-1]
+        assert "train/acc_noisy" not in results[kind][0.0][0].rows[-1]
+        config = json.loads((run_dir(tmp_path, figure, f"{kind}_0.50/seed0") / "config.json").read_text())
+        assert config["fraction"] == 0.5 and config["seed"] == 0
+    assert results["randY"][0.0][0] is results["randX"][0.0][0]  # the clean run is shared by both kinds
     assert_png(tmp_path / figure / f"{figure}.png")
+
+
+def test_paper_datasets_and_radius_of_figures_7_and_8():
+    fig7, fig8 = load("fig7"), load("fig8")
+    assert (fig7.Fig7Config.dataset, fig7.Fig7Config.model, fig7.Fig7Config.radius) == ("mnist", "mlp", 0.3)
+    assert (fig8.Fig8Config.dataset, fig8.Fig8Config.model, fig8.Fig8Config.radius) == ("cifar10", "cnn", 0.3)
+    assert fig7.Fig7Config.noises == fig8.Fig8Config.noises == ("randY", "randX")
+
+
+def test_noise_levels_seeds_give_a_mean_and_band(tmp_path: Path):
+    fig7 = load("fig7")
+    results = fig7.main(["--quick", "--epochs", "2", "--hidden", "8", "--csr-samples", "10", "--max-iter", "2",
+                         "--fractions", "0.5", "--noises", "randY", "--seeds", "0", "1", "--out", str(tmp_path)])
+    runs = results["randY"][0.5]
+    assert len(runs) == 2 and runs[0].series("train/acc") != runs[1].series("train/acc")  # different seeds differ
+    for seed in (0, 1):
+        assert json.loads((run_dir(tmp_path, "fig7", f"randY_0.50/seed{seed}") / "config.json").read_text())["seed"] == seed
+    assert_png(tmp_path / "fig7" / "fig7.png")
+    with pytest.raises(SystemExit, match=r"--noises must be among \['randX', 'randY'\], got \['randZ'\]"):
+        fig7.main(["--quick", "--noises", "randZ", "--out", str(tmp_path)])
+
+
+def test_seed_band_reference():
+    common = load("common")
+    xs, mean, low, high = common.seed_band([([1, 2, 3], [0.0, 1.0, 2.0]), ([1, 2], [2.0, 3.0])])
+    assert (xs, mean, low, high) == ([1, 2], [1.0, 2.0], [0.0, 1.0], [2.0, 3.0])
 
 
 def test_fig10_and_fig11_regularisers(tmp_path: Path):
