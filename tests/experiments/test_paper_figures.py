@@ -19,7 +19,7 @@ def test_fig9_csr_curves(tmp_path: Path):
     results = fig9.main(["--quick", "--epochs", "2", "--hidden", "32", "--csr-samples", "40", "--max-iter", "5",
                          "--variants", "real", "randY", "--out", str(tmp_path)])
     assert set(results) == {"real", "randY"}
-    for variant, metrics in results.items():
+    for variant, (metrics,) in results.items():
         epochs, csr = metrics.series("csr/val")
         assert epochs == [1, 2] and all(0.0 <= c <= 1.0 for c in csr)
         folder = run_dir(tmp_path, "fig9", variant)
@@ -35,9 +35,19 @@ def test_fig9_same_seed_same_numbers(tmp_path: Path):
     fig9 = load("fig9")
     args = ["--quick", "--epochs", "1", "--hidden", "16", "--csr-samples", "30", "--max-iter", "3",
             "--variants", "randX"]
-    a = fig9.main([*args, "--out", str(tmp_path / "a")])["randX"].rows
-    b = fig9.main([*args, "--out", str(tmp_path / "b")])["randX"].rows
+    a = fig9.main([*args, "--out", str(tmp_path / "a")])["randX"][0].rows
+    b = fig9.main([*args, "--out", str(tmp_path / "b")])["randX"][0].rows
     assert a == b
+
+
+def test_fig9_seeds_run_every_variant_per_seed(tmp_path: Path):
+    fig9 = load("fig9")
+    results = fig9.main(["--quick", "--epochs", "1", "--hidden", "8", "--csr-samples", "10", "--max-iter", "2",
+                         "--variants", "real", "--seeds", "0", "1", "--out", str(tmp_path)])
+    (first, second), = results.values()
+    assert first.rows != second.rows
+    assert json.loads((run_dir(tmp_path, "fig9", "real/seed1") / "config.json").read_text())["seed"] == 1
+    assert_png(tmp_path / "fig9" / "fig9.png")
 
 
 def test_fig1_ensemble(tmp_path: Path):
