@@ -191,3 +191,37 @@ def test_errors():
         unrolled_sensitivity(model, params, x, y, steps, lr=0.1, norm="l3")
     with pytest.raises(RuntimeError, match="before start"):
         SGDWindowRecorder(model, torch.optim.SGD(model.parameters(), lr=0.1)).record(torch.tensor([0]))
+
+
+def test_trajectory_recorder_windows_snapshots_and_errors():
+    from memo_callbacks.functional import SGDTrajectoryRecorder
+
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rec = SGDTrajectoryRecorder(model, opt)
+    with pytest.raises(RuntimeError, match=r"record\(4\) called before any snapshot"):
+        rec.record(4, torch.tensor([0]))
+    before = {}
+    for step in range(4, 10):
+        if step in (4, 7):
+            rec.snapshot(step)
+            before[step] = {k: v.detach().clone() for k, v in model.named_parameters()}
+        rec.record(step, torch.tensor([step, step + 1]))
+        opt.zero_grad()
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+    w = rec.window(7, 10)
+    assert [b.tolist() for b in w.batch_indices] == [[7, 8], [8, 9], [9, 10]] and w.lrs == [0.1] * 3
+    assert all(torch.equal(w.params[k], before[7][k]) for k in before[7])  # the parameters before step 7
+    assert w.momentum_buffers is not None and rec.window(4, 6).num_steps == 2
+    with pytest.raises(KeyError, match=r"`start` must be a snapshot step, got 5; snapshots at \[4, 7\]"):
+        rec.window(5, 8)
+    with pytest.raises(RuntimeError, match=r"steps \[10, 11\] of the window \[7, 12\) were not recorded"):
+        rec.window(7, 12)
+    clone = SGDTrajectoryRecorder(model, opt)
+    clone.load_state_dict(rec.state_dict())
+    assert clone.snapshot_steps == [4, 7] and torch.equal(clone.window(4, 10).batch_indices[5], w.batch_indices[2])
+    rec.drop_before(5)
+    assert rec.snapshot_steps == [7] and sorted(rec.steps) == [7, 8, 9]
+    rec.drop_before(8)
+    assert not rec.started and not rec.steps
