@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import warnings
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 

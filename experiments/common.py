@@ -197,8 +197,8 @@ class EpochMetrics(pl.Callback):
 
 def plot_panels(path: Path, panels: list[tuple[str, dict[str, tuple[list, list]]]], xlabel: str = "epoch",
                 title: str = "", logx: bool = False, ncols: int | None = None) -> None:
-    """Line plots, one row (or rows of ``ncols``): each panel is ``(ylabel, {curve name: (xs, ys)})``. Saved as
-    PNG."""
+    """Line plots, one row (or rows of ``ncols``): each panel is ``(ylabel, {curve name: (xs, ys)})``, or
+    ``(xs, ys, low, high)`` to shade a band (see :func:`seed_band`). Saved as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -210,8 +210,10 @@ def plot_panels(path: Path, panels: list[tuple[str, dict[str, tuple[list, list]]
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
     for ax, (ylabel, curves) in zip(axes.flat, panels):
-        for name, (xs, ys) in curves.items():
-            ax.plot(xs, ys, marker="o", markersize=3, label=name)
+        for name, curve in curves.items():
+            (line,) = ax.plot(curve[0], curve[1], marker="o", markersize=3, label=name)
+            if len(curve) == 4:
+                ax.fill_between(curve[0], curve[2], curve[3], color=line.get_color(), alpha=0.2, linewidth=0)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         if logx:
@@ -325,3 +327,11 @@ def write_summary(run: RunArgs, figure: str, scalars: dict[str, list[tuple[int, 
     if results is not None:
         (Path(run.out) / figure / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return folder
+
+
+def seed_band(curves: list[tuple[list, list]]) -> tuple[list, list, list, list]:
+    """One curve per seed ``(xs, ys)`` -> ``(xs, mean, min, max)`` over the seeds, at the x values every seed has
+    (for :func:`plot_panels`: the mean with a min-max band)."""
+    common = sorted(set.intersection(*(set(xs) for xs, _ in curves))) if curves else []
+    table = [[dict(zip(xs, ys))[x] for xs, ys in curves] for x in common]  # [X, seeds]
+    return (common, [sum(v) / len(v) for v in table], [min(v) for v in table], [max(v) for v in table])

@@ -5,7 +5,13 @@ data virtually all do, so the Gini coefficient of g_bar_x is higher for real dat
 every example is its own class. Each point is a separate run of T SGD steps (see ``sensitivity_runs.py``).
 
     python experiments/fig3.py                 # MNIST, first 1,000 digits at 14x14, MLP 2x16, T up to 1e5
-    python experiments/fig3.py --quick         # scikit-learn digits (8x8), T up to 8,000, a few minutes on a CPU
+    python experiments/fig3.py --quick         # scikit-learn digits (8x8), T up to 20,000, minutes of CPU
+    python experiments/fig3.py --quick --one-class-per-example   # add the "as many classes as examples" panel
+    python experiments/fig3.py --norm l2       # the L2 (or linf) norm variant; the paper says they are "very similar"
+    python experiments/fig3.py --engine callback   # through a Trainer + LossSensitivity(mode="unrolled")
+
+``--engine callback`` trains each run as one Lightning epoch of ``T`` steps and measures it with the callback; it
+gives the same numbers as the default functional path for the same seed (``tests/experiments``).
 
 Writes ``runs/fig3/`` (``config.json``, ``results.json``, TensorBoard scalars, ``fig3.png``).
 """
@@ -34,7 +40,9 @@ class Fig3Config:
     batch_size: int = 32
     window: int = 500  # the last 500 steps are measured
     measure_every: int = 2
-    one_class_per_example: bool = True  # also run the "as many classes as examples" variants
+    one_class_per_example: bool = True  # also run the "as many classes as examples" variants (their own panel)
+    norm: str = "l1"  # l1 (the paper's) | l2 | linf, for g_x^t and the proxy alike
+    engine: str = "functional"  # functional | callback (Trainer + LossSensitivity(mode="unrolled"))
     seed: int = 0
 
 
@@ -45,6 +53,10 @@ QUICK = dict(dataset="digits", steps=(500, 2000, 8000, 20000), hidden=(32, 32), 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg, run = parse_config(Fig3Config, QUICK, __doc__.split("\n")[0], argv)
+    if cfg.norm not in ("l1", "l2", "linf"):
+        raise SystemExit(f"--norm must be l1, l2 or linf, got {cfg.norm!r}")
+    if cfg.engine not in ("functional", "callback"):
+        raise SystemExit(f"--engine must be functional or callback, got {cfg.engine!r}")
     out = Path(run.out) / "fig3"
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "run": asdict(run)}, indent=2))
@@ -57,8 +69,8 @@ def main(argv: list[str] | None = None) -> dict:
         dm = fig3_datamodule(cfg.dataset, cfg.data_dir, random_inputs, per_example, cfg.examples, cfg.seed)
         for steps in cfg.steps:
             r = run_protocol(dm, steps, hidden=cfg.hidden, lr=cfg.lr, batch_size=cfg.batch_size, window=cfg.window,
-                             measure_every=cfg.measure_every, seed=cfg.seed)
-            row = {"steps": steps, "gini": gini(r.unrolled.g_bar), "gini_proxy": gini(r.proxy),
+                             measure_every=cfg.measure_every, seed=cfg.seed, norm=cfg.norm, engine=cfg.engine)
+            row = {"steps": steps, "gini": gini(r.g_bar), "gini_proxy": gini(r.proxy),
                    "train_acc": r.train_acc}
             results.setdefault(name, []).append(row)
             tag = name.replace(", ", "_").replace(" ", "_").replace("/", "_per_")
@@ -68,11 +80,17 @@ def main(argv: list[str] | None = None) -> dict:
                   f"train acc {row['train_acc']:.3f}", flush=True)
     writer.close()
     (out / "results.json").write_text(json.dumps(results, indent=2))
-    series = lambda key: {n: ([r["steps"] for r in rows], [r[key] for r in rows]) for n, rows in results.items()}  # noqa: E731
-    plot_panels(out / "fig3.png", [("Gini of g_bar (unrolled, the paper's)", series("gini")),
-                                   ("Gini of the input-gradient proxy", series("gini_proxy")),
-                                   ("training accuracy", series("train_acc"))],
-                xlabel="SGD steps T", logx=True, title=f"Fig. 3: {cfg.dataset}, {cfg.examples} examples, MLP {cfg.hidden}")
+    def series(key: str, per_example: bool | None = None) -> dict:
+        return {n: ([r["steps"] for r in rows], [r[key] for r in rows]) for n, rows in results.items()
+                if per_example is None or ("1 class/example" in n) == per_example}
+
+    panels = [(f"Gini of g_bar ({cfg.norm}, unrolled, the paper's)", series("gini", False))]
+    if cfg.one_class_per_example:
+        panels.append((f"Gini of g_bar ({cfg.norm}), one class per example", series("gini", True)))
+    panels += [(f"Gini of the input-gradient proxy ({cfg.norm})", series("gini_proxy")),
+               ("training accuracy", series("train_acc"))]
+    plot_panels(out / "fig3.png", panels, xlabel="SGD steps T", logx=True,
+                title=f"Fig. 3: {cfg.dataset}, {cfg.examples} examples, MLP {cfg.hidden}, {cfg.engine} engine")
     print(f"[fig3] figure: {out / 'fig3.png'}")
     return results
 

@@ -6,9 +6,10 @@ on noise (randX, randY) than for one trained on real data; it rises during train
     python experiments/fig9.py --gpus 2                          # CIFAR-10 CNN, as in the paper
     python experiments/fig9.py --dataset cifar10-jpg --width 0.25 --subset 10000 --epochs 15   # CPU-sized
     python experiments/fig9.py --quick                           # scikit-learn digits, MLP, a few minutes on a CPU
+    python experiments/fig9.py --quick --seeds 0 1 2             # every variant per seed: mean with a min-max band
     tensorboard --logdir runs
 
-Writes ``runs/fig9/<variant>/version_N/`` (TensorBoard logs, ``config.json``) and ``runs/fig9/fig9.png``.
+Writes ``runs/fig9/<variant>/version_N/`` (``<variant>/seedS/version_N/`` with several seeds) (TensorBoard logs, ``config.json``) and ``runs/fig9/fig9.png``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import EpochMetrics, build_classifier, fit, make_datamodule, parse_config, plot_panels
+from common import EpochMetrics, build_classifier, fit, make_datamodule, parse_config, plot_panels, seed_band
 
 from memo_callbacks import CriticalSampleRatio, LASSConfig
 
@@ -39,7 +40,7 @@ class Fig9Config:
     csr_every: int = 1  # epochs between CSR measurements
     radius: float = 0.3  # LASS r on the 0-255 pixel scale; alpha and beta keep the paper's ratios 0.25/0.3, 0.2/0.3
     max_iter: int = 100
-    seed: int = 0
+    seeds: tuple[int, ...] = (0,)  # one run per seed and variant; several: the figure shows the mean and min-max band
 
 
 # Digits have only 297 validation examples and 8x8 inputs: at r = 0.3 the real-data network flips about one of
@@ -48,10 +49,10 @@ QUICK = dict(dataset="digits", model="mlp", hidden=(512, 512), epochs=30, batch_
              lr_halving_epochs=0, csr_samples=297, radius=3.0)
 
 
-def csr_callback(cfg: Fig9Config) -> CriticalSampleRatio:
+def csr_callback(cfg: Fig9Config, seed: int) -> CriticalSampleRatio:
     """LASS at radius ``cfg.radius`` (pixel units), with the paper's ratios of step and noise to radius."""
     lass = LASSConfig(radius=cfg.radius, step_size=cfg.radius * 0.25 / 0.3, noise_std=cfg.radius * 0.2 / 0.3,
-                      max_iter=cfg.max_iter, seed=cfg.seed)
+                      max_iter=cfg.max_iter, seed=seed)
     return CriticalSampleRatio(num_samples=cfg.csr_samples, every_n_epochs=cfg.csr_every, lass=lass)
 
 
@@ -61,32 +62,43 @@ def csr_series(csr: CriticalSampleRatio, key: str = "csr/val") -> tuple[list[int
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def main(argv: list[str] | None = None) -> dict[str, EpochMetrics]:
+def main(argv: list[str] | None = None) -> dict[str, list[EpochMetrics]]:
+    """Returns ``{variant: [EpochMetrics per seed]}``."""
     cfg, run = parse_config(Fig9Config, QUICK, __doc__.split("\n")[0], argv)
-    results: dict[str, EpochMetrics] = {}
-    curves: dict[str, tuple[list[int], list[float]]] = {}
+    if not cfg.seeds:
+        raise SystemExit("--seeds needs at least one seed")
+    results: dict[str, list[EpochMetrics]] = {}
+    curves: dict[str, list[tuple[list[int], list[float]]]] = {}
     for variant in cfg.variants:
-        dm = make_datamodule(cfg.dataset, cfg.data_dir, variant, batch_size=cfg.batch_size, seed=cfg.seed,
-                             subset=cfg.subset or None, subset_mode="random")
-        dm.prepare_data()
-        dm.setup("fit")
-        model = build_classifier(cfg.model, dm, seed=cfg.seed, width=cfg.width, hidden=cfg.hidden, lr=cfg.lr,
-                                 momentum=cfg.momentum, lr_halving_epochs=cfg.lr_halving_epochs or None)
-        csr = csr_callback(cfg)
-        metrics = fit(run, "fig9", variant, cfg, dm, model, cfg.epochs, [csr])
-        results[variant] = metrics
-        curves[variant] = csr_series(csr)  # only the epochs measured (see --csr-every)
-        if metrics.is_global_zero:
-            last = metrics.rows[-1]
-            print(f"[fig9] {variant}: CSR {curves[variant][1][-1] if curves[variant][1] else float('nan'):.4f}, "
-                  f"train acc {last.get('train/acc', float('nan')):.3f}, val acc {last.get('val/acc', float('nan')):.3f}")
+        for seed in cfg.seeds:
+            dm = make_datamodule(cfg.dataset, cfg.data_dir, variant, batch_size=cfg.batch_size, seed=seed,
+                                 subset=cfg.subset or None, subset_mode="random")
+            dm.prepare_data()
+            dm.setup("fit")
+            model = build_classifier(cfg.model, dm, seed=seed, width=cfg.width, hidden=cfg.hidden, lr=cfg.lr,
+                                     momentum=cfg.momentum, lr_halving_epochs=cfg.lr_halving_epochs or None)
+            csr = csr_callback(cfg, seed)
+            name = variant if len(cfg.seeds) == 1 else f"{variant}/seed{seed}"
+            metrics = fit(run, "fig9", name, cfg, dm, model, cfg.epochs, [csr], seed=seed)
+            results.setdefault(variant, []).append(metrics)
+            curves.setdefault(variant, []).append(csr_series(csr))  # only the epochs measured (see --csr-every)
+            if metrics.is_global_zero:
+                last, csr_values = metrics.rows[-1], curves[variant][-1][1]
+                print(f"[fig9] {variant} seed {seed}: CSR {csr_values[-1] if csr_values else float('nan'):.4f}, "
+                      f"train acc {last.get('train/acc', float('nan')):.3f}, "
+                      f"val acc {last.get('val/acc', float('nan')):.3f}", flush=True)
     if metrics.is_global_zero:
+        def band(series: list) -> tuple:
+            return seed_band(series) if len(series) > 1 else series[0]
+
         out = Path(run.out) / "fig9" / "fig9.png"
+        seeds = (f"mean of seeds {', '.join(map(str, cfg.seeds))} with min-max band" if len(cfg.seeds) > 1
+                 else f"seed {cfg.seeds[0]}")
         plot_panels(out, [
-            ("CSR (validation)", curves),
-            ("training accuracy", {v: m.series("train/acc") for v, m in results.items()}),
-            ("validation accuracy", {v: m.series("val/acc") for v, m in results.items()}),
-        ], title=f"Fig. 9: {cfg.dataset}, {cfg.model}, r = {cfg.radius} pixel units")
+            ("CSR (validation)", {v: band(c) for v, c in curves.items()}),
+            ("training accuracy", {v: band([m.series("train/acc") for m in ms]) for v, ms in results.items()}),
+            ("validation accuracy", {v: band([m.series("val/acc") for m in ms]) for v, ms in results.items()}),
+        ], title=f"Fig. 9: {cfg.dataset}, {cfg.model}, r = {cfg.radius} pixel units, {seeds}")
         print(f"[fig9] figure: {out}")
     return results
 

@@ -7,6 +7,9 @@ does this best, especially combined with adversarial training on LASS samples.
 Figure 10 plots, per regulariser, the best validation accuracy on real data (y) against the final training accuracy
 on random labels (x), one point per strength: a flat curve means the regulariser hinders memorisation for free.
 Figure 11 plots training loss curves for selected strengths, random labels vs real data.
+
+Adversarial training only regularises if LASS finds critical samples at its radius: the classifier logs the share of
+each batch that flipped (``train/adv_flipped`` every step, ``train/critical`` per epoch) and the sweep prints it.
 """
 
 from __future__ import annotations
@@ -93,6 +96,11 @@ def sweep(figure: str, cfg: RegulariserConfig, args, strengths: dict[str, tuple[
             if pair["real"].is_global_zero:
                 _, val = pair["real"].series("val/acc")
                 _, train_rand = pair["randY"].series("train/acc")
+                flipped = ""
+                shares = {v: pair[v].series("train/critical")[1] for v in ("real", "randY")}
+                if all(shares.values()):  # adversarial training: did LASS find critical samples at its radius?
+                    flipped = ", LASS flipped per batch (first -> last epoch): " + ", ".join(
+                        f"{v} {s[0]:.2f} -> {s[-1]:.2f}" for v, s in shares.items())
                 print(f"[{figure}] {reg} {strength:g}: randY final train acc {train_rand[-1]:.3f}, "
-                      f"real best val acc {max(val):.3f}")
+                      f"real best val acc {max(val):.3f}{flipped}")
     return runs

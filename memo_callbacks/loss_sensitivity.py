@@ -9,6 +9,7 @@ from typing import Any, Literal
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from memo_callbacks.functional.gini import gini
@@ -19,7 +20,7 @@ from memo_callbacks.functional.sensitivity import (
     per_example_cross_entropy,
     per_example_norm,
 )
-from memo_callbacks.functional.unrolled import SGDRule, SGDWindowRecorder, unrolled_sensitivity
+from memo_callbacks.functional.unrolled import SGDRule, SGDTrajectoryRecorder, unrolled_sensitivity
 from datamodules.checks import check_bool, check_callable, check_int
 from memo_callbacks.utilities import BatchAdapter, all_reduce_sum, find_tensorboard, preserved_state, rank_shard, unpack_batch
 from memo_callbacks.utilities.files import callback_dir, check_plain_name, unclaimed_path
@@ -42,12 +43,23 @@ class LossSensitivity(Callback):
       the network treats examples independently (train-mode BatchNorm couples them slightly). ``g_bar_x`` is the mean
       over the epoch's draws of ``x``. This is a *proxy*: it has no cross-example terms (see the paper notes).
     - ``"unrolled"``: the paper's definition, ``g_x^t = ||dL_t / dx||`` through the SGD updates in which ``x`` took
-      part (:func:`~memo_callbacks.functional.unrolled_sensitivity`). On measured epochs, the last ``window`` steps
-      are recorded (a parameter and momentum snapshot at the window start, the minibatch indices, the learning
-      rates, the inputs by dataset index); at epoch end they are replayed in eval mode and ``L_t`` is differentiated
-      at every ``measure_every``-th step. Memory: the accumulator ``M * N_seen * D`` floats (``M`` measured steps,
-      ``C`` times that with ``per_class``; bounded by ``max_buffer_bytes`` through chunking) plus ``window`` copies of
-      the parameters. Time: one batched reverse sweep, about ``window * M / 2`` example-row products (18 s for the
+      part (:func:`~memo_callbacks.functional.unrolled_sensitivity`). At the end of each measured epoch the last
+      ``window`` SGD steps of the run are replayed in eval mode, *whatever the epoch structure*: a window longer than
+      an epoch reaches back into earlier (also unmeasured) epochs, and before ``window`` steps have been taken it is
+      every step since the start. ``L_t`` is differentiated at every ``measure_every``-th step of the window. The
+      replay needs the parameters and momentum buffers at the window start, then every step's minibatch indices and
+      learning rate, and the inputs by dataset index. The epoch ends are known in advance (``num_training_batches``
+      steps per epoch), so a snapshot is taken exactly ``window`` steps before each planned replay, and the steps are
+      recorded from the oldest held snapshot on (:class:`~memo_callbacks.functional.SGDTrajectoryRecorder`); windows
+      of several measured epochs overlap when ``window`` exceeds ``every_n_epochs`` epochs, so up to
+      ``ceil(window / (every_n_epochs * steps_per_epoch)) + 1`` snapshots are held at once, never more than the
+      replay's own ``window`` parameter copies (the alternative, replaying forward from an older snapshot, would be
+      cheaper in memory but not exact for a network with dropout or batch-norm, whose replay runs in eval mode). If
+      the epoch length changes during training, a window may come out shorter than ``window`` steps: a warning says
+      so. Memory: the accumulator ``M * N_seen * D`` floats (``M`` measured steps, ``C`` times that with
+      ``per_class``; bounded by ``max_buffer_bytes`` through chunking), ``window`` copies of the parameters during
+      the replay, the held snapshots, and an ``[N, D]`` input buffer. A checkpoint holds the snapshots, the
+      recorded steps (every rank's) and the inputs drawn in them, so a resumed run replays exactly the same window. Time: one batched reverse sweep, about ``window * M / 2`` example-row products (18 s for the
       paper's Figure 3 setting on 2 CPU cores, see ``benchmarks/sensitivity.md``). Needs ``torch.optim.SGD``, no
       gradient accumulation, inputs that do not change between draws (no random augmentation), and a
       ``pl_module.forward(x)`` that returns logits. Under DDP the windows of all ranks are gathered and each rank
@@ -74,13 +86,15 @@ class LossSensitivity(Callback):
         mode: ``"proxy"`` or ``"unrolled"``.
         norm: ``"l1"`` (the paper's), ``"l2"`` or ``"linf"``.
         loss_reduction: how the training step reduces its per-example losses, ``"mean"`` or ``"sum"`` (proxy).
-        window: unrolled: number of last steps of the epoch that are replayed.
+        window: unrolled: number of last SGD steps (of the run, across epochs) replayed at a measured epoch's end.
         measure_every: unrolled: differentiate ``L_t`` at every ``measure_every``-th step of the window.
-        every_n_epochs: measure and log every this many epochs; nothing is collected in the epochs between (the
-            proxy's input gradients are not even computed there), so ``g_bar`` is always one epoch's mean.
+        every_n_epochs: measure and log every this many epochs. Proxy: nothing is collected in the epochs between
+            (the input gradients are not even computed there), so ``g_bar`` is always one epoch's mean. Unrolled: the
+            window of the last ``window`` steps may reach back into the epochs between (they are recorded then).
         per_class: unrolled: also compute the per-class matrix (``C`` times the cost).
         num_classes: number of classes for ``per_class`` (default: the datamodule's ``num_classes`` or max label + 1).
-        num_examples: training set size; default from ``trainer.datamodule.num_train``, else grown on demand.
+        num_examples: training set size; default from ``trainer.datamodule.num_train``, else the length of the
+            training dataloader's dataset, else grown on demand (largest index seen).
         loss_fn: unrolled: per-example loss ``(logits, y) -> [B]`` matching the training loss.
         batch_adapter: reads ``(x, y, index, noisy)`` from unusual batches (see :func:`unpack_batch`).
         max_buffer_bytes: unrolled: memory budget of the gradient accumulator.
@@ -150,13 +164,15 @@ class LossSensitivity(Callback):
         self.last_class_matrix: Tensor | None = None
         self._x: Tensor | None = None
         self._index: Tensor | None = None
-        self._recorder: SGDWindowRecorder | None = None
-        self._inputs: Tensor | None = None
+        self._recorder: SGDTrajectoryRecorder | None = None
+        self._inputs: Tensor | None = None  # [N, ...] this rank's drawn inputs by dataset index (unrolled)
         self._targets: Tensor | None = None
         self._filled: Tensor | None = None
         #: The files written in this run (``epoch=E.pt``, or a ``-vN`` variant where that name was taken).
         self.saved_paths: list[Path] = []
         self._written: set[Path] = set()
+        self._origin: int | None = None  # the global step of the run's first snapshot
+        self._loaded_window: dict[str, Any] | None = None  # restored in on_fit_start, once the recorder exists
 
     @property
     def state_key(self) -> str:
@@ -180,6 +196,17 @@ class LossSensitivity(Callback):
         if self.num_examples is not None:
             self._grow(self.num_examples)
 
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.num_examples is not None:
+            return
+        dataset = getattr(trainer.train_dataloader, "dataset", None)  # as ExampleDynamics reads the size
+        try:
+            size = len(dataset) if dataset is not None else None
+        except TypeError:  # an iterable dataset without a length: grow on demand
+            size = None
+        if size:
+            self._grow(size)
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._partial_loaded and trainer.global_rank != 0:  # the loaded partial sums are already all ranks'
             self._sum.zero_()
@@ -188,7 +215,10 @@ class LossSensitivity(Callback):
         if self.mode == "unrolled":
             if len(trainer.optimizers) != 1:
                 raise ValueError(f"mode='unrolled' needs exactly one optimizer, got {len(trainer.optimizers)}")
-            self._recorder = SGDWindowRecorder(pl_module, trainer.optimizers[0])  # raises for non-SGD
+            self._recorder = SGDTrajectoryRecorder(pl_module, trainer.optimizers[0])  # raises for non-SGD
+            if self._loaded_window is not None:
+                self._restore_window(trainer, pl_module, self._loaded_window)
+            self._loaded_window = None
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         parsed = unpack_batch(batch, self.batch_adapter)
@@ -202,15 +232,15 @@ class LossSensitivity(Callback):
         index = parsed.index.detach().long()
         if self.num_examples is None:  # size unknown: grow on demand (a host sync, so only when needed)
             self._grow(int(index.max()) + 1)
+        if self.mode == "unrolled":
+            self._record(trainer, parsed.x, parsed.y, index, batch_idx)
+            return
         if not self._measured_epoch(trainer):
             return  # nothing is collected between measured epochs: g_bar is always one epoch's mean
-        if self.mode == "proxy":
-            if not parsed.x.is_leaf:
-                raise ValueError("LossSensitivity(mode='proxy') needs batch.x to be a leaf tensor (a plain input batch)")
-            self._x = parsed.x.requires_grad_(True)
-            self._index = index
-        else:
-            self._record(trainer, parsed.x, parsed.y, index, batch_idx)
+        if not parsed.x.is_leaf:
+            raise ValueError("LossSensitivity(mode='proxy') needs batch.x to be a leaf tensor (a plain input batch)")
+        self._x = parsed.x.requires_grad_(True)
+        self._index = index
 
     def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.mode != "proxy" or self._x is None:
@@ -239,7 +269,9 @@ class LossSensitivity(Callback):
         if self.mode == "unrolled":
             if self._recorder is None or not self._recorder.started:
                 return
-            matrix = self._replay(trainer, pl_module)
+            replayed, matrix = self._replay(trainer, pl_module)
+            if not replayed:
+                return
         self._finish_epoch(trainer, pl_module, matrix)
 
     # ------------------------------------------------------------------------------------------- checkpointing
@@ -250,15 +282,19 @@ class LossSensitivity(Callback):
             "total_sum": self.total_sum.cpu(),
             "total_count": self.total_count.cpu(),
             "history": list(self.history),
+            "window": self._window_state(None),
         }
 
     def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
         # The current epoch's partial sums live on every rank, but only rank 0's state is written: store their sum
         # over ranks (every rank saves, so every rank takes part in the reduction); on load, rank 0 alone keeps it.
+        # The same holds for the recorded window: every rank's minibatch indices and inputs are merged.
         state = checkpoint.get("callbacks", {}).get(self.state_key)
         if state is not None and trainer.world_size > 1:
             state["sum"] = all_reduce_sum(trainer, self._sum).cpu()
             state["count"] = all_reduce_sum(trainer, self._count).cpu()
+            if self.mode == "unrolled":
+                state["window"] = self._window_state(trainer)
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         device = self._sum.device
@@ -268,6 +304,7 @@ class LossSensitivity(Callback):
         self.total_sum = state_dict["total_sum"].to(device)
         self.total_count = state_dict["total_count"].to(device)
         self.history = list(state_dict["history"])
+        self._loaded_window = state_dict.get("window")
 
     # ------------------------------------------------------------------------------------------------ internals
     def _measured_epoch(self, trainer: pl.Trainer) -> bool:
@@ -287,25 +324,45 @@ class LossSensitivity(Callback):
         self._sum.index_add_(0, index, values)
         self._count.index_add_(0, index, counts)
 
+    def _snapshot_due(self, trainer: pl.Trainer, batch_idx: int, steps_per_epoch: int) -> bool:
+        """Whether a snapshot must be taken before this step: exactly ``window`` steps before a planned replay (the
+        end of a measured epoch, ``steps_per_epoch`` steps each), or now if a replay's window has begun and no
+        snapshot is held (the run's first steps: the window is then every step since the start)."""
+        step, epoch, every = trainer.global_step, trainer.current_epoch, self.every_n_epochs
+        epoch_start = step - batch_idx
+        e = epoch + (-(epoch + 1)) % every  # the first measured epoch from this one on
+        first = True
+        while True:
+            start = epoch_start + (e - epoch + 1) * steps_per_epoch - self.window
+            if start > step:
+                return False
+            if start == step or (first and not self._recorder.started):
+                return True
+            first = False
+            e += every
+
     def _record(self, trainer: pl.Trainer, x: Tensor, y: Tensor, index: Tensor, batch_idx: int) -> None:
         assert self._recorder is not None
         total = trainer.num_training_batches
         if not math.isfinite(total):
             raise ValueError("LossSensitivity(mode='unrolled') needs a training dataloader with a length")
-        if batch_idx == max(0, int(total) - self.window):
-            self._recorder.start()
-            self._inputs = self._targets = self._filled = None
+        step = trainer.global_step
+        if self._snapshot_due(trainer, batch_idx, int(total)):
+            self._recorder.snapshot(step)
+            if self._origin is None:
+                self._origin = step
         if not self._recorder.started:
             return
-        self._recorder.record(index)
-        n = self._sum.numel()
-        if self._inputs is None or self._inputs.shape[0] < n:
-            old = self._inputs
+        self._recorder.record(step, index)
+        n = self._sum.numel()  # already grown to this batch's indices
+        if self._inputs is None or self._inputs.shape[0] < n:  # (re)allocate, keeping the rows already held
+            old = (self._inputs, self._targets, self._filled)
             self._inputs = x.new_zeros(n, *x.shape[1:])
             self._targets = y.new_zeros(n)
             self._filled = torch.zeros(n, dtype=torch.bool, device=x.device)
-            if old is not None:
-                raise RuntimeError("LossSensitivity: the training set grew during a window; pass `num_examples`")
+            if old[0] is not None:
+                m = old[0].shape[0]
+                self._inputs[:m], self._targets[:m], self._filled[:m] = old
         x, y = x.detach(), y.detach()
         again = self._filled[index]
         if bool(again.any()) and not torch.equal(self._inputs[index[again]], x[again]):
@@ -315,33 +372,85 @@ class LossSensitivity(Callback):
             )
         self._inputs[index], self._targets[index], self._filled[index] = x, y, True
 
-    def _gather_window(self, trainer: pl.Trainer) -> tuple[list[Tensor], Tensor, Tensor]:
-        """The global steps (every rank's minibatch of a step concatenated), inputs and targets of the window."""
-        assert self._recorder is not None and self._inputs is not None
-        window = self._recorder.window
-        if trainer.world_size == 1:
-            return window.batch_indices, self._inputs, self._targets
-        widest = max(b.numel() for b in window.batch_indices)
-        width = int(trainer.strategy.reduce(torch.tensor(widest, device=self._inputs.device), reduce_op="max"))
-        padded = torch.full((window.num_steps, width), -1, dtype=torch.long, device=self._inputs.device)
-        for s, b in enumerate(window.batch_indices):
+    def _gather_steps(self, trainer: pl.Trainer | None, batch_indices: list[Tensor]) -> list[Tensor]:
+        """The global steps: every rank's minibatch of a step concatenated (a collective under DDP)."""
+        if trainer is None or trainer.world_size == 1 or not batch_indices:
+            return batch_indices
+        device = self._inputs.device if self._inputs is not None else batch_indices[0].device
+        widest = max(b.numel() for b in batch_indices)
+        width = int(trainer.strategy.reduce(torch.tensor(widest, device=device), reduce_op="max"))
+        padded = torch.full((len(batch_indices), width), -1, dtype=torch.long, device=device)
+        for s, b in enumerate(batch_indices):
             padded[s, : b.numel()] = b
         steps = trainer.strategy.all_gather(padded)  # [W, K, width]
+        out = []
+        for s in range(len(batch_indices)):
+            b = steps[:, s].flatten()
+            out.append(b[b >= 0])
+        return out
+
+    def _gather_inputs(self, trainer: pl.Trainer | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Inputs, targets and the drawn mask by dataset index, merged over ranks (a collective under DDP)."""
+        assert self._inputs is not None and self._targets is not None and self._filled is not None
+        if trainer is None or trainer.world_size == 1:
+            return self._inputs, self._targets, self._filled
         inputs = trainer.strategy.all_gather(self._inputs)  # [W, N, ...]
         targets = trainer.strategy.all_gather(self._targets)  # [W, N]
         filled = trainer.strategy.all_gather(self._filled)  # [W, N]
         owner = filled.long().argmax(0)  # a rank that saw each example (inputs are identical across draws)
         ar = torch.arange(owner.numel(), device=owner.device)
-        batch_indices = []
-        for s in range(window.num_steps):
-            b = steps[:, s].flatten()
-            batch_indices.append(b[b >= 0])
-        return batch_indices, inputs[owner, ar], targets[owner, ar]
+        return inputs[owner, ar], targets[owner, ar], filled.any(0)
 
-    def _replay(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> Tensor | None:
+    def _window_state(self, trainer: pl.Trainer | None) -> dict[str, Any] | None:
+        """What a resumed run needs to replay the same windows: the snapshots, the (global) recorded steps and the
+        inputs drawn in them. With ``trainer`` under DDP every rank's steps and inputs are merged (a collective)."""
+        if self._recorder is None or not self._recorder.started:
+            return None
+        rec = self._recorder.state_dict()
+        order = sorted(rec["steps"])
+        merged = self._gather_steps(trainer, [self._recorder.steps[s][0] for s in order])
+        rec["steps"] = {s: (b.cpu(), rec["steps"][s][1]) for s, b in zip(order, merged)}
+        state: dict[str, Any] = {"recorder": rec, "origin": self._origin, "index": None}
+        if self._inputs is not None:
+            inputs, targets, filled = self._gather_inputs(trainer)
+            index = filled.nonzero().flatten()
+            state.update(index=index.cpu(), inputs=inputs[index].cpu(), targets=targets[index].cpu(),
+                         size=int(inputs.shape[0]))
+        return state
+
+    def _restore_window(self, trainer: pl.Trainer, pl_module: pl.LightningModule, state: dict[str, Any]) -> None:
         assert self._recorder is not None
-        window = self._recorder.window
-        batch_indices, inputs, targets = self._gather_window(trainer)
+        device = pl_module.device
+        self._recorder.load_state_dict(state["recorder"], device)
+        self._origin = state["origin"]
+        if trainer.global_rank != 0:  # the loaded steps are already every rank's: rank 0 alone contributes them
+            self._recorder.steps = {s: (i[:0], lr) for s, (i, lr) in self._recorder.steps.items()}
+        if state["index"] is not None:
+            index = state["index"].to(device)
+            self._inputs = state["inputs"].new_zeros(state["size"], *state["inputs"].shape[1:]).to(device)
+            self._targets = state["targets"].new_zeros(state["size"]).to(device)
+            self._filled = torch.zeros(state["size"], dtype=torch.bool, device=device)
+            self._inputs[index] = state["inputs"].to(device)
+            self._targets[index] = state["targets"].to(device)
+            self._filled[index] = True
+
+    def _replay(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[bool, Tensor | None]:
+        """Replay the last ``window`` steps; returns whether there was a window, and the per-class matrix."""
+        assert self._recorder is not None
+        end = trainer.global_step
+        wanted = end - self.window
+        starts = [s for s in self._recorder.snapshot_steps if wanted <= s < end]
+        if not starts or self._inputs is None:
+            return False, None
+        start = starts[0]
+        if start > max(wanted, self._origin if self._origin is not None else wanted):
+            rank_zero_warn(
+                f"LossSensitivity(mode='unrolled'): the window at step {end} holds {end - start} steps, not "
+                f"`window`={self.window} (the epoch length changed since the snapshot was planned)"
+            )
+        window = self._recorder.window(start, end)
+        batch_indices = self._gather_steps(trainer, window.batch_indices)
+        inputs, targets, _ = self._gather_inputs(trainer)
         k = len(batch_indices)
         measured = list(range(1, k, self.measure_every)) or [0]
         mine = rank_shard(torch.tensor(measured), trainer.global_rank, trainer.world_size).tolist()
@@ -364,19 +473,27 @@ class LossSensitivity(Callback):
             g_sum += out.per_step.sum(0).double()
             if out.class_sums is not None:
                 class_sums += out.class_sums.double()
-        self._recorder.reset()
-        self._inputs = self._targets = self._filled = None
+        # Keep what later windows need: the chosen snapshot only if the next planned window starts there too.
+        next_start = end + self.every_n_epochs * int(trainer.num_training_batches) - self.window
+        self._recorder.drop_before(start if next_start <= start else start + 1)
+        if not self._recorder.started:
+            self._inputs = self._targets = self._filled = None
         # Every example gets one count per measured step (on one rank: the sums below add the shards).
         self._sum = self._sum.to(inputs.device)
         self._count = self._count.to(inputs.device)
+        if self._sum.numel() < n:
+            self._grow(n)
         self._sum[:n] += g_sum
         self._count[:n] += len(mine)
         if not self.per_class:
-            return None
+            return True, None
         class_sums = all_reduce_sum(trainer, class_sums)
-        drawn = torch.unique(torch.cat(batch_indices))  # as in UnrolledSensitivity.class_matrix
-        sizes = torch.bincount(targets[drawn].long(), minlength=c)[:c].to(class_sums)
-        return class_sums / (len(measured) * sizes.clamp_min(1)).unsqueeze(0)
+        # The denominators, as in UnrolledSensitivity.class_matrix: the examples drawn before the last measured
+        # step (one drawn only at or after it has no influence on any measured loss).
+        last = measured[-1]
+        seen = torch.unique(torch.cat(batch_indices[:last])) if last > 0 else targets.new_zeros(0).long()
+        sizes = torch.bincount(targets[seen].long(), minlength=c)[:c].to(class_sums)
+        return True, class_sums / (len(measured) * sizes.clamp_min(1)).unsqueeze(0)
 
     def _finish_epoch(self, trainer: pl.Trainer, pl_module: pl.LightningModule, matrix: Tensor | None) -> None:
         n = int(trainer.strategy.reduce(torch.tensor(self._sum.numel(), device=pl_module.device), reduce_op="max"))

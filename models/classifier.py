@@ -111,8 +111,9 @@ class MemorizationClassifier(LightningModule):
     in epochs that saw such examples), ``val/loss``, ``val/acc`` (and ``test/...``). When the datamodule exposes a
     ``corruption`` with relabelled examples (:class:`datamodules.NoisyDataModule` with ``noise="random_labels"``),
     ``train/acc_noisy_original`` is the accuracy of the noisy examples against their original labels. With
-    adversarial training, also ``train/loss_clean``, ``train/loss_adversarial`` and ``train/critical`` (share of the
-    batch for which LASS found a flip). Training accuracies are those of the training-mode forward pass (dropout and
+    adversarial training, also ``train/loss_clean``, ``train/loss_adversarial``, ``train/critical`` (epoch mean of
+    the share of samples for which LASS found a flip) and, every step, ``train/adv_flipped`` (that share in the
+    step's global batch: whether adversarial training sees critical samples at all at its radius). Training accuracies are those of the training-mode forward pass (dropout and
     noise on), as Keras reports them; padded duplicates of a distributed sampler count twice in them.
 
     **Adversarial training** (``adversarial_weight = w > 0``): each step runs LASS
@@ -273,6 +274,7 @@ class MemorizationClassifier(LightningModule):
             self.log("train/loss_clean", self.train_loss_clean, on_step=False, on_epoch=True)
             self.log("train/loss_adversarial", self.train_loss_adversarial, on_step=False, on_epoch=True)
             self.log("train/critical", self.train_critical, on_step=False, on_epoch=True)
+            self.log("train/adv_flipped", self._flipped_share(critical), on_step=True, on_epoch=False)
 
         correct = logits.detach().argmax(dim=1) == y  # [B] bool
         self.train_loss.update(loss, n)
@@ -287,6 +289,14 @@ class MemorizationClassifier(LightningModule):
                 original = self._original_targets[index]  # [B] labels before corruption
                 self.train_acc_noisy_original.update(logits.detach().argmax(dim=1) == original, noisy)
         return loss
+
+    def _flipped_share(self, critical: Tensor) -> Tensor:
+        """Share of this step's (global) batch whose LASS search flipped the prediction within the radius: a count
+        and a size summed over ranks, divided once (every rank gets the same value)."""
+        stats = torch.stack([critical.sum(), torch.tensor(critical.numel(), device=critical.device)]).float()
+        if self._trainer is not None and self.trainer.world_size > 1:
+            stats = self.trainer.strategy.reduce(stats, reduce_op="sum")
+        return stats[0] / stats[1].clamp_min(1)
 
     def on_train_epoch_end(self) -> None:
         # Logged only when some rank saw such examples: a NaN (no noisy example at all) would spoil the curve.

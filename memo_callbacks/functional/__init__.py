@@ -23,6 +23,7 @@ from memo_callbacks.functional.lass import LASSConfig, LassResult, lass, lass_no
 from memo_callbacks.functional.sensitivity import input_gradient_sensitivity, per_example_norm
 from memo_callbacks.functional.unrolled import (
     SGDRule,
+    SGDTrajectoryRecorder,
     SGDWindowRecorder,
     UnrolledSensitivity,
     UnrolledWindow,
@@ -35,6 +36,7 @@ __all__ = [
     "LassResult",
     "MLPParams",
     "SGDRule",
+    "SGDTrajectoryRecorder",
     "SGDWindowRecorder",
     "UnrolledSensitivity",
     "UnrolledWindow",

@@ -164,13 +164,18 @@ class SGDWindowRecorder:
         self._window: UnrolledWindow | None = None
 
     def start(self) -> None:
+        params, bufs = self._capture()
+        self._window = UnrolledWindow(params, bufs, rule=self.rule)
+
+    def _capture(self) -> tuple[Params, Params | None]:
+        """A copy of the optimised parameters and, once initialised, their momentum buffers."""
         params = {n: p.detach().clone() for n, p in self._named}
         bufs: Params | None = None
         if self.rule.momentum:
             found = [self.optimizer.state.get(p, {}).get("momentum_buffer") for _, p in self._named]
             if all(b is not None for b in found):
                 bufs = {n: b.detach().clone() for (n, _), b in zip(self._named, found)}
-        self._window = UnrolledWindow(params, bufs, rule=self.rule)
+        return params, bufs
 
     def record(self, indices: Tensor) -> None:
         if self._window is None:
@@ -192,6 +197,84 @@ class SGDWindowRecorder:
         self._window = None
 
 
+class SGDTrajectoryRecorder:
+    """Records SGD steps by their global step number, with parameter snapshots at chosen steps, so that a window
+    of the last ``K`` steps can be cut at any later time, across epoch boundaries.
+
+    :meth:`snapshot` copies the parameters and momentum buffers *before* step ``s``; :meth:`record` stores step
+    ``s``'s minibatch indices and learning rate (call both before the optimiser's step). :meth:`window` returns the
+    steps ``[start, end)`` as an :class:`UnrolledWindow` starting from the snapshot taken at ``start``;
+    :meth:`drop_before` forgets snapshots older than a step and the records no remaining snapshot needs. Memory: one
+    parameter (and momentum) copy per held snapshot plus the index tensors of the steps since the oldest one. The
+    caller chooses the snapshot steps (:class:`~memo_callbacks.LossSensitivity` takes one exactly ``K`` steps before
+    each planned replay), so the window starts from the parameters training really had there.
+
+    Example:
+        >>> model = torch.nn.Linear(4, 3)
+        >>> opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        >>> rec = SGDTrajectoryRecorder(model, opt)
+        >>> rec.snapshot(7)
+        >>> rec.record(7, torch.tensor([0, 2]))
+        >>> rec.record(8, torch.tensor([1, 3]))
+        >>> rec.window(7, 9).num_steps, rec.snapshot_steps
+        (2, [7])
+    """
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        self._base = SGDWindowRecorder(model, optimizer)  # checks the optimiser, names its parameters
+        self.optimizer = optimizer
+        self.rule = self._base.rule
+        self.snapshots: dict[int, tuple[Params, Params | None]] = {}
+        self.steps: dict[int, tuple[Tensor, float]] = {}
+
+    @property
+    def snapshot_steps(self) -> list[int]:
+        return sorted(self.snapshots)
+
+    def snapshot(self, step: int) -> None:
+        self.snapshots[int(step)] = self._base._capture()
+
+    def record(self, step: int, indices: Tensor) -> None:
+        if not self.snapshots or min(self.snapshots) > step:
+            raise RuntimeError(f"SGDTrajectoryRecorder.record({step}) called before any snapshot at or before it")
+        self.steps[int(step)] = (indices.detach().flatten().long().clone(), float(self.optimizer.param_groups[0]["lr"]))
+
+    def window(self, start: int, end: int) -> UnrolledWindow:
+        """The recorded steps ``start .. end - 1`` from the snapshot taken at ``start``."""
+        if start not in self.snapshots:
+            raise KeyError(f"`start` must be a snapshot step, got {start}; snapshots at {self.snapshot_steps}")
+        missing = [s for s in range(start, end) if s not in self.steps]
+        if missing:
+            raise RuntimeError(f"SGDTrajectoryRecorder: steps {missing[:8]} of the window [{start}, {end}) were not recorded")
+        params, bufs = self.snapshots[start]
+        return UnrolledWindow(params, bufs, [self.steps[s][0] for s in range(start, end)],
+                              [self.steps[s][1] for s in range(start, end)], rule=self.rule)
+
+    def drop_before(self, step: int) -> None:
+        """Forget the snapshots taken before ``step`` and the records that no remaining snapshot needs."""
+        self.snapshots = {s: v for s, v in self.snapshots.items() if s >= step}
+        oldest = min(self.snapshots, default=None)
+        self.steps = {s: v for s, v in self.steps.items() if oldest is not None and s >= oldest}
+
+    @property
+    def started(self) -> bool:
+        return bool(self.snapshots)
+
+    def reset(self) -> None:
+        self.snapshots, self.steps = {}, {}
+
+    def state_dict(self) -> dict:
+        """Snapshots and records on the CPU (for a checkpoint)."""
+        cpu = lambda d: None if d is None else {k: v.cpu() for k, v in d.items()}  # noqa: E731
+        return {"snapshots": {s: (cpu(p), cpu(b)) for s, (p, b) in self.snapshots.items()},
+                "steps": {s: (i.cpu(), lr) for s, (i, lr) in self.steps.items()}}
+
+    def load_state_dict(self, state: dict, device: torch.device | str = "cpu") -> None:
+        to = lambda d: None if d is None else {k: v.to(device) for k, v in d.items()}  # noqa: E731
+        self.snapshots = {int(s): (to(p), to(b)) for s, (p, b) in state["snapshots"].items()}
+        self.steps = {int(s): (i.to(device), float(lr)) for s, (i, lr) in state["steps"].items()}
+
+
 @dataclass
 class UnrolledSensitivity:
     """Result of :func:`unrolled_sensitivity`, kept as sums so that shards of measured steps merge exactly.
@@ -202,7 +285,8 @@ class UnrolledSensitivity:
             before ``t``).
         class_sums: ``[C, C]`` cell ``(i, j)``: sum over measured steps and training examples ``x`` of class ``j`` of
             ``||dL_t(y=i) / dx||``; None without ``per_class``.
-        class_sizes: ``[C]`` examples of each class drawn in the window (the denominators of the matrix), or None.
+        class_sizes: ``[C]`` examples of each class drawn before the last measured step (the denominators of the
+            matrix: an example drawn only at or after it has no influence on any measured loss), or None.
     """
 
     steps: Tensor
@@ -217,8 +301,8 @@ class UnrolledSensitivity:
 
     @property
     def class_matrix(self) -> Tensor | None:
-        """``[C, C]`` the per-class matrix: mean over measured steps and over the examples of class ``j`` drawn in
-        the window (examples never drawn have no influence at all and are left out of the mean)."""
+        """``[C, C]`` the per-class matrix: mean over measured steps and over the examples of class ``j`` drawn
+        before the last measured step (the others have no influence on any measured ``L_t`` and are left out)."""
         if self.class_sums is None or self.class_sizes is None:
             return None
         denom = self.steps.numel() * self.class_sizes.to(self.class_sums.dtype).clamp_min(1)
@@ -377,8 +461,7 @@ def unrolled_sensitivity(
         if class_sums is not None:
             by_class = per_example_norm(acc, norm, start_dim=3).sum(0)  # [C, N_seen]
             class_sums.index_add_(1, targets[seen].to(device), by_class)
-    drawn = torch.unique(torch.cat(idx))
-    sizes = torch.bincount(targets.to(device)[drawn], minlength=c)[:c] if per_class else None
+    sizes = torch.bincount(targets.to(device)[seen], minlength=c)[:c] if per_class else None
     return UnrolledSensitivity(torch.tensor(steps), per_step, class_sums, sizes)
 
 

@@ -19,7 +19,7 @@ def test_fig9_csr_curves(tmp_path: Path):
     results = fig9.main(["--quick", "--epochs", "2", "--hidden", "32", "--csr-samples", "40", "--max-iter", "5",
                          "--variants", "real", "randY", "--out", str(tmp_path)])
     assert set(results) == {"real", "randY"}
-    for variant, metrics in results.items():
+    for variant, (metrics,) in results.items():
         epochs, csr = metrics.series("csr/val")
         assert epochs == [1, 2] and all(0.0 <= c <= 1.0 for c in csr)
         folder = run_dir(tmp_path, "fig9", variant)
@@ -35,9 +35,19 @@ def test_fig9_same_seed_same_numbers(tmp_path: Path):
     fig9 = load("fig9")
     args = ["--quick", "--epochs", "1", "--hidden", "16", "--csr-samples", "30", "--max-iter", "3",
             "--variants", "randX"]
-    a = fig9.main([*args, "--out", str(tmp_path / "a")])["randX"].rows
-    b = fig9.main([*args, "--out", str(tmp_path / "b")])["randX"].rows
+    a = fig9.main([*args, "--out", str(tmp_path / "a")])["randX"][0].rows
+    b = fig9.main([*args, "--out", str(tmp_path / "b")])["randX"][0].rows
     assert a == b
+
+
+def test_fig9_seeds_run_every_variant_per_seed(tmp_path: Path):
+    fig9 = load("fig9")
+    results = fig9.main(["--quick", "--epochs", "1", "--hidden", "8", "--csr-samples", "10", "--max-iter", "2",
+                         "--variants", "real", "--seeds", "0", "1", "--out", str(tmp_path)])
+    (first, second), = results.values()
+    assert first.rows != second.rows
+    assert json.loads((run_dir(tmp_path, "fig9", "real/seed1") / "config.json").read_text())["seed"] == 1
+    assert_png(tmp_path / "fig9" / "fig9.png")
 
 
 def test_fig1_ensemble(tmp_path: Path):
@@ -78,6 +88,44 @@ def test_fig4_matrix(tmp_path: Path):
     assert_png(tmp_path / "fig4" / "fig4.png")
 
 
+def test_sensitivity_engines_give_the_same_numbers():
+    """The callback engine (Trainer + LossSensitivity) replays the functional engine's trajectory: same numbers."""
+    runs = load("sensitivity_runs")
+    dm = runs.fig3_datamodule("digits", "./unused", False, False, 100, 0)
+    kw = dict(hidden=(8, 8), lr=0.05, batch_size=8, window=40, measure_every=2, seed=0, per_class=True, norm="l2")
+    a = runs.run_protocol(dm, 60, engine="functional", **kw)  # a window (40) longer than nothing: 60 steps, one epoch
+    b = runs.run_protocol(dm, 60, engine="callback", **kw)
+    assert a.unrolled.steps.tolist() == list(range(1, 40, 2)) and float(a.g_bar.max()) > 0
+    torch.testing.assert_close(b.g_bar, a.g_bar, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(b.class_matrix, a.class_matrix, rtol=1e-5, atol=1e-9)
+    torch.testing.assert_close(b.proxy, a.proxy, rtol=1e-5, atol=1e-9)
+    assert b.train_acc == a.train_acc
+
+
+def test_fig3_callback_engine_norm_and_one_class_per_example_panel(tmp_path: Path):
+    fig3 = load("fig3")
+    args = ["--quick", "--steps", "30", "--window", "20", "--examples", "60", "--hidden", "8", "--norm", "linf",
+            "--one-class-per-example"]
+    a = fig3.main([*args, "--out", str(tmp_path / "a")])
+    b = fig3.main([*args, "--engine", "callback", "--out", str(tmp_path / "b")])
+    assert set(a) == {"real", "random", "real, 1 class/example", "random, 1 class/example"}
+    for name in a:
+        assert [r["gini"] for r in b[name]] == pytest.approx([r["gini"] for r in a[name]], rel=1e-5)
+    config = json.loads((tmp_path / "b" / "fig3" / "config.json").read_text())["config"]
+    assert config["norm"] == "linf" and config["engine"] == "callback"
+    assert_png(tmp_path / "b" / "fig3" / "fig3.png")
+    with pytest.raises(SystemExit, match="--norm must be l1, l2 or linf, got 'l3'"):
+        fig3.main(["--quick", "--norm", "l3", "--out", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--engine must be functional or callback, got 'gpu'"):
+        fig3.main(["--quick", "--engine", "gpu", "--out", str(tmp_path)])
+
+
+def test_fig4_shared_colour_scale():
+    fig4 = load("fig4")
+    scale = fig4.shared_log_scale({"real": torch.tensor([[4.0, 0.5], [0.0, 2.0]]), "random": torch.tensor([[9.0, 0.1]])})
+    assert (scale.vmin, scale.vmax) == (pytest.approx(0.1), pytest.approx(9.0))
+
+
 def test_fig4_diagonal_measures():
     fig4 = load("fig4")
     m = torch.tensor([[4.0, 1.0], [2.0, 2.0]])
@@ -86,16 +134,45 @@ def test_fig4_diagonal_measures():
 
 
 @pytest.mark.parametrize("figure", ["fig7", "fig8"])
-def test_noise_level_figures(tmp_path: Path, figure: str):
+def test_noise_level_figures_run_both_noise_kinds(tmp_path: Path, figure: str):
     script = load(figure)
     results = script.main(["--quick", "--epochs", "1", "--hidden", "16", "--csr-samples", "20", "--max-iter", "3",
                            "--fractions", "0", "0.5", "--out", str(tmp_path)])
-    assert set(results) == {0.0, 0.5}
-    assert "train/acc_noisy" in results[0.5].rows[-1] and "train/acc_noisy" not in results[0.0].rows[-1]
-    kind = "randY" if figure == "fig7" else "randX"
-    config = json.loads((run_dir(tmp_path, figure, f"{kind}_0.50") / "config.json").read_text())
-    assert config["fraction"] == 0.5
+    assert set(results) == {"randY", "randX"}
+    for kind in ("randY", "randX"):
+        assert set(results[kind]) == {0.0, 0.5} and len(results[kind][0.5]) == 1
+        assert "train/acc_noisy" in results[kind][0.5][0].rows[-1]
+        assert "train/acc_noisy" not in results[kind][0.0][0].rows[-1]
+        config = json.loads((run_dir(tmp_path, figure, f"{kind}_0.50/seed0") / "config.json").read_text())
+        assert config["fraction"] == 0.5 and config["seed"] == 0
+    assert results["randY"][0.0][0] is results["randX"][0.0][0]  # the clean run is shared by both kinds
     assert_png(tmp_path / figure / f"{figure}.png")
+
+
+def test_paper_datasets_and_radius_of_figures_7_and_8():
+    fig7, fig8 = load("fig7"), load("fig8")
+    assert (fig7.Fig7Config.dataset, fig7.Fig7Config.model, fig7.Fig7Config.radius) == ("mnist", "mlp", 0.3)
+    assert (fig8.Fig8Config.dataset, fig8.Fig8Config.model, fig8.Fig8Config.radius) == ("cifar10", "cnn", 0.3)
+    assert fig7.Fig7Config.noises == fig8.Fig8Config.noises == ("randY", "randX")
+
+
+def test_noise_levels_seeds_give_a_mean_and_band(tmp_path: Path):
+    fig7 = load("fig7")
+    results = fig7.main(["--quick", "--epochs", "2", "--hidden", "8", "--csr-samples", "10", "--max-iter", "2",
+                         "--fractions", "0.5", "--noises", "randY", "--seeds", "0", "1", "--out", str(tmp_path)])
+    runs = results["randY"][0.5]
+    assert len(runs) == 2 and runs[0].series("train/acc") != runs[1].series("train/acc")  # different seeds differ
+    for seed in (0, 1):
+        assert json.loads((run_dir(tmp_path, "fig7", f"randY_0.50/seed{seed}") / "config.json").read_text())["seed"] == seed
+    assert_png(tmp_path / "fig7" / "fig7.png")
+    with pytest.raises(SystemExit, match=r"--noises must be among \['randX', 'randY'\], got \['randZ'\]"):
+        fig7.main(["--quick", "--noises", "randZ", "--out", str(tmp_path)])
+
+
+def test_seed_band_reference():
+    common = load("common")
+    xs, mean, low, high = common.seed_band([([1, 2, 3], [0.0, 1.0, 2.0]), ([1, 2], [2.0, 3.0])])
+    assert (xs, mean, low, high) == ([1, 2], [1.0, 2.0], [0.0, 1.0], [2.0, 3.0])
 
 
 def test_fig10_and_fig11_regularisers(tmp_path: Path):

@@ -43,8 +43,9 @@ def digits(**kw):
 
 
 def fit(model, dm, callbacks, tmp_path, epochs=1, logger=False, ckpt_path=None, **kw):
+    kw = {"enable_checkpointing": False, **kw}
     trainer = pl.Trainer(
-        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger, enable_checkpointing=False,
+        max_epochs=epochs, accelerator="cpu", devices=1, logger=logger,
         enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks, **kw,
     )
     trainer.fit(model, dm, ckpt_path=ckpt_path)
@@ -102,6 +103,97 @@ def test_unrolled_equals_functional_replay_of_the_window(tmp_path):
     torch.testing.assert_close(cb.last_class_matrix, out.class_matrix.double(), rtol=1e-4, atol=1e-8)
     assert len(cb.history) == 2 and cb.history[1]["gini"] == pytest.approx(gini(out.g_bar), rel=1e-4)
     assert torch.equal(cb.total_count, torch.full((96,), 4))  # 2 measured steps in each of 2 epochs
+
+
+def reference_windows(dm, epochs, window, lr=0.3, momentum=0.9):
+    """Train by hand, keeping the parameters and momentum buffers before every step; at each epoch end replay the
+    last ``window`` steps of the run (fewer at the start) with the functional: the per-epoch references."""
+    ref = Tiny(lr=lr, momentum=momentum)
+    opt = torch.optim.SGD(ref.parameters(), lr=lr, momentum=momentum)
+    states, steps, out = [], [], []
+    for epoch in range(epochs):
+        for b in batches(dm, epoch):
+            params = {k: v.detach().clone() for k, v in ref.named_parameters()}
+            bufs = ({k: opt.state[v]["momentum_buffer"].clone() for k, v in ref.named_parameters()}
+                    if opt.state else None)
+            states.append((params, bufs))
+            steps.append(b.index)
+            opt.zero_grad()
+            F.cross_entropy(ref(b.x), b.y).backward()
+            opt.step()
+        end = len(steps)
+        start = max(0, end - window)
+        k = end - start
+        out.append(unrolled_sensitivity(
+            ref, states[start][0], dm.train_x, dm.train_y, steps[start:end], lr=lr, momentum=momentum,
+            momentum_buffers=states[start][1], measure_steps=list(range(1, k, 2)), per_class=True, num_classes=10))
+    return out
+
+
+def saved(root, epoch):
+    return torch.load(Path(root) / "sensitivity" / f"epoch={epoch}.pt")
+
+
+def test_unrolled_window_longer_than_an_epoch_equals_functional_replay(tmp_path):
+    """96 examples in batches of 16: 6 steps per epoch, a window of 10 steps reaches back into the previous epoch
+    (epoch 1 replays steps 2-11, epoch 3 steps 14-23); every epoch's values equal the functional's on the same
+    trajectory."""
+    dm = digits()
+    cb = LossSensitivity(mode="unrolled", window=10, measure_every=2, per_class=True)
+    fit(Tiny(lr=0.3, momentum=0.9), dm, [cb], tmp_path, epochs=4)
+    refs = reference_windows(dm, 4, 10)
+    for epoch, ref in enumerate(refs):
+        got = saved(tmp_path, epoch)
+        torch.testing.assert_close(got["g_bar"], ref.g_bar.double(), rtol=1e-4, atol=1e-8)
+        torch.testing.assert_close(got["class_matrix"], ref.class_matrix.double(), rtol=1e-4, atol=1e-8)
+    assert refs[1].per_step.shape[0] == 5 and refs[3].steps.tolist() == [1, 3, 5, 7, 9]  # 10-step windows
+    assert torch.equal(cb.total_count, torch.full((96,), 3 + 5 + 5 + 5))  # measured steps of the four windows
+
+
+def test_unrolled_window_across_epochs_resumes_exactly(tmp_path):
+    """A checkpoint taken while a window is open (its snapshot two epochs back, every_n_epochs=2 so the epoch in
+    between is recorded but not measured) resumes into the very same replay."""
+    dm = digits()
+    ckpt = pl.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", save_top_k=-1, filename="{epoch}")
+    straight = LossSensitivity(mode="unrolled", window=10, every_n_epochs=2, per_class=True)
+    fit(Tiny(lr=0.3, momentum=0.9), dm, [straight, ckpt], tmp_path / "a", epochs=4, enable_checkpointing=True)
+    resumed = LossSensitivity(mode="unrolled", window=10, every_n_epochs=2, per_class=True)
+    fit(Tiny(lr=0.3, momentum=0.9), dm, [resumed], tmp_path / "b", epochs=4,
+        ckpt_path=str(tmp_path / "ckpt" / "epoch=2.ckpt"))  # after step 18; epoch 3's window starts at step 14
+    refs = reference_windows(dm, 4, 10)
+    for epoch in (1, 3):
+        torch.testing.assert_close(saved(tmp_path / "a", epoch)["g_bar"], refs[epoch].g_bar.double(), rtol=1e-4,
+                                   atol=1e-8)
+    got = saved(tmp_path / "b", 3)
+    torch.testing.assert_close(got["g_bar"], saved(tmp_path / "a", 3)["g_bar"], rtol=1e-6, atol=1e-10)
+    torch.testing.assert_close(got["class_matrix"], saved(tmp_path / "a", 3)["class_matrix"], rtol=1e-6, atol=1e-10)
+    assert resumed.history == straight.history
+
+
+def test_unrolled_on_a_plain_shuffled_loader_reads_the_size_from_the_dataset(tmp_path):
+    """No datamodule size and no `num_examples`: the size comes from len(dataset), so the window's input buffer never
+    has to grow (it used to raise 'the training set grew during a window')."""
+    dm = digits()
+
+    class Plain(pl.LightningDataModule):
+        def train_dataloader(self):
+            data = torch.utils.data.TensorDataset(dm.train_x, dm.train_y, torch.arange(96))
+            return torch.utils.data.DataLoader(data, batch_size=16, shuffle=True)
+
+    class TupleTiny(Tiny):
+        def training_step(self, batch, _):
+            x, y, _index = batch
+            return F.cross_entropy(self(x), y)
+
+    runs = []
+    for num_examples in (None, 96):
+        pl.seed_everything(5, verbose=False)
+        cb = LossSensitivity(mode="unrolled", window=10, num_examples=num_examples)
+        fit(TupleTiny(), Plain(), [cb], tmp_path / str(num_examples), epochs=2)
+        runs.append(cb)
+    assert runs[0].num_examples is None and runs[0].last_g_bar.shape == (96,)
+    torch.testing.assert_close(runs[0].last_g_bar, runs[1].last_g_bar, rtol=0, atol=0)
+    assert bool((runs[0].last_g_bar > 0).any())
 
 
 def test_tensorboard_tags_and_saved_tensors(tmp_path):
@@ -237,28 +329,44 @@ class Tiny(pl.LightningModule):
 
 # The global batch is the same on 1 and 2 processes (32 = 2 x 16, the sampler shards one permutation), so both
 # runs take the same SGD steps and must measure the same values.
+# 4 steps per epoch and a window of 6: epoch 1 replays steps 2-7, epoch 2 steps 6-11 (across epoch boundaries).
 dm = NoisyDigits(noise="random_labels", noise_fraction=0.5, subset=128, batch_size=32 // DEVICES, seed=3)
-proxy = LossSensitivity(mode="proxy")
-unrolled = LossSensitivity(mode="unrolled", window=3, measure_every=1, per_class=True)
-trainer = pl.Trainer(strategy="ddp" if DEVICES > 1 else "auto", accelerator="cpu", devices=DEVICES, max_epochs=2,
-                     logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                     enable_model_summary=False, callbacks=[proxy, unrolled], default_root_dir=OUT)
-trainer.fit(Tiny(), dm)
+
+def run(root, ckpt=None):
+    proxy = LossSensitivity(mode="proxy")
+    unrolled = LossSensitivity(mode="unrolled", window=6, measure_every=1, per_class=True)
+    saver = pl.callbacks.ModelCheckpoint(dirpath=f"{root}/ckpt", save_top_k=-1, filename="{epoch}")
+    trainer = pl.Trainer(strategy="ddp" if DEVICES > 1 else "auto", accelerator="cpu", devices=DEVICES, max_epochs=3,
+                         logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[proxy, unrolled, saver], default_root_dir=root)
+    trainer.fit(Tiny(), dm, ckpt_path=ckpt)
+    return trainer, proxy, unrolled
+
+trainer, proxy, unrolled = run(f"{OUT}/straight{DEVICES}")
+# The checkpoint after epoch 0 (step 4) holds the open window of epoch 1 (its snapshot at step 2, every rank's steps).
+_, _, resumed = run(f"{OUT}/resumed{DEVICES}", ckpt=f"{OUT}/straight{DEVICES}/ckpt/epoch=0.ckpt")
 if trainer.is_global_zero:
     torch.save({"proxy": proxy.total_sum, "proxy_count": proxy.total_count, "unrolled": unrolled.last_g_bar,
-                "matrix": unrolled.last_class_matrix, "history": unrolled.history}, f"{OUT}/result{DEVICES}.pt")
+                "matrix": unrolled.last_class_matrix, "history": unrolled.history,
+                "resumed": resumed.last_g_bar, "resumed_matrix": resumed.last_class_matrix,
+                "resumed_history": resumed.history}, f"{OUT}/result{DEVICES}.pt")
 """
 
 
 def test_same_values_on_one_and_two_processes(tmp_path):
+    """Windows longer than an epoch, on 1 and 2 processes, straight and resumed from a checkpoint taken while a
+    window is open: all four give the same values."""
     exec(f"OUT = {str(tmp_path)!r}\nDEVICES = 1\n" + DDP_SCRIPT, {})
     run_ddp_script(DDP_SCRIPT, tmp_path, devices=2)
     one, two = torch.load(tmp_path / "result1.pt"), torch.load(tmp_path / "result2.pt")
     assert torch.equal(one["proxy_count"], two["proxy_count"])
     torch.testing.assert_close(two["proxy"], one["proxy"], rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(two["unrolled"], one["unrolled"], rtol=1e-4, atol=1e-7)
-    torch.testing.assert_close(two["matrix"], one["matrix"], rtol=1e-4, atol=1e-9)
+    for run in (one, two):
+        for g_bar, matrix in ((two["unrolled"], two["matrix"]), (run["resumed"], run["resumed_matrix"])):
+            torch.testing.assert_close(g_bar, one["unrolled"], rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(matrix, one["matrix"], rtol=1e-4, atol=1e-9)
     assert two["history"][-1]["gini"] == pytest.approx(one["history"][-1]["gini"], rel=1e-4)
+    assert two["resumed_history"][-1]["gini"] == pytest.approx(one["history"][-1]["gini"], rel=1e-4)
 
 
 def test_every_n_epochs_collects_only_the_measured_epochs(tmp_path):

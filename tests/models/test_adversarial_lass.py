@@ -61,6 +61,29 @@ def test_loss_matches_an_independent_lass_call(tmp_path):
     critical = torch.cat(check.critical).float().mean()
     assert critical > 0
     assert float(t.callback_metrics["train/critical"]) == pytest.approx(float(critical), abs=1e-6)
+    # train/adv_flipped is the share of each step's batch; callback_metrics holds the last step's.
+    assert float(t.callback_metrics["train/adv_flipped"]) == pytest.approx(float(check.critical[-1].float().mean()))
+
+
+def test_adv_flipped_is_logged_every_step(tmp_path):
+    """One value per step, equal to an independent LASS call's share of flipped samples in that batch."""
+    torch.manual_seed(0)
+    dm = NoisyDigits(noise="random_labels", noise_fraction=0.5, subset=60, batch_size=20, seed=0)
+    lass_kwargs = dict(radius=0.1, step_size=0.2, noise_std=0.1, max_iter=5)  # some flip, some do not
+    model = MLPClassifier(SHAPE, 10, hidden=(32,), lr=0.1, adversarial_weight=0.5, adversarial_unit="input",
+                          adversarial_radius=0.1, adversarial_step_size=0.2, adversarial_noise_std=0.1,
+                          adversarial_max_iter=5, adversarial_seed=3)  # fmt: skip
+    check = ExpectedLoss(0.5, lass_kwargs, seed=3)
+    logged = []
+
+    class Reader(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            logged.append(float(trainer.callback_metrics["train/adv_flipped"]))
+
+    trainer(tmp_path, callbacks=[check, Reader()], max_epochs=2).fit(model, dm)
+    expected = [float(c.float().mean()) for c in check.critical]
+    assert len(logged) == 6 and logged == pytest.approx(expected, abs=1e-6)
+    assert len(set(expected)) > 1  # shares vary: the test can tell steps apart
 
 
 def test_paper_defaults_with_dropout_and_clipping_stay_in_the_box(tmp_path):

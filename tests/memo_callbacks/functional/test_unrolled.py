@@ -79,7 +79,7 @@ def test_unrolled_matches_finite_differences(rule):
     model, x, y, steps = tiny_problem()
     params = start_params(model)
     lrs = [0.3, 0.2, 0.25, 0.1, 0.3, 0.2]
-    measure = [2, 5]
+    measure = [2, 3]  # example 5 is drawn only at steps 3 and 4, at or after the last measured step
     out = unrolled_sensitivity(
         model, params, x, y, steps, lr=lrs, momentum=rule.momentum, dampening=rule.dampening,
         nesterov=rule.nesterov, weight_decay=rule.weight_decay, measure_steps=measure,
@@ -99,8 +99,14 @@ def test_unrolled_matches_finite_differences(rule):
         if later.numel():
             assert torch.all(out.per_step[row, later] == 0)
     torch.testing.assert_close(out.class_sums, class_sums, rtol=1e-6, atol=1e-9)
-    sizes = torch.bincount(y[torch.cat(steps).unique()], minlength=C).double()
-    torch.testing.assert_close(out.class_matrix, class_sums / (len(measure) * sizes))
+    # The denominators: examples of class j drawn before the last measured step (their sensitivity can be nonzero);
+    # one drawn only at or after it is identically 0 and must not dilute the mean.
+    influential = torch.tensor([i for i in range(N) if any(i in steps[s].tolist() for s in range(max(measure)))])
+    sizes = torch.bincount(y[influential], minlength=C).double()
+    all_drawn = torch.bincount(y[torch.cat(steps).unique()], minlength=C).double()
+    assert not torch.equal(sizes, all_drawn)  # the problem draws examples after the last measured step
+    torch.testing.assert_close(out.class_sizes.double(), sizes)
+    torch.testing.assert_close(out.class_matrix, class_sums / (len(measure) * sizes.clamp_min(1)))
     torch.testing.assert_close(out.g_bar, out.per_step.mean(0))
 
 
@@ -185,3 +191,37 @@ def test_errors():
         unrolled_sensitivity(model, params, x, y, steps, lr=0.1, norm="l3")
     with pytest.raises(RuntimeError, match="before start"):
         SGDWindowRecorder(model, torch.optim.SGD(model.parameters(), lr=0.1)).record(torch.tensor([0]))
+
+
+def test_trajectory_recorder_windows_snapshots_and_errors():
+    from memo_callbacks.functional import SGDTrajectoryRecorder
+
+    model = nn.Linear(3, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    rec = SGDTrajectoryRecorder(model, opt)
+    with pytest.raises(RuntimeError, match=r"record\(4\) called before any snapshot"):
+        rec.record(4, torch.tensor([0]))
+    before = {}
+    for step in range(4, 10):
+        if step in (4, 7):
+            rec.snapshot(step)
+            before[step] = {k: v.detach().clone() for k, v in model.named_parameters()}
+        rec.record(step, torch.tensor([step, step + 1]))
+        opt.zero_grad()
+        model(torch.randn(2, 3)).sum().backward()
+        opt.step()
+    w = rec.window(7, 10)
+    assert [b.tolist() for b in w.batch_indices] == [[7, 8], [8, 9], [9, 10]] and w.lrs == [0.1] * 3
+    assert all(torch.equal(w.params[k], before[7][k]) for k in before[7])  # the parameters before step 7
+    assert w.momentum_buffers is not None and rec.window(4, 6).num_steps == 2
+    with pytest.raises(KeyError, match=r"`start` must be a snapshot step, got 5; snapshots at \[4, 7\]"):
+        rec.window(5, 8)
+    with pytest.raises(RuntimeError, match=r"steps \[10, 11\] of the window \[7, 12\) were not recorded"):
+        rec.window(7, 12)
+    clone = SGDTrajectoryRecorder(model, opt)
+    clone.load_state_dict(rec.state_dict())
+    assert clone.snapshot_steps == [4, 7] and torch.equal(clone.window(4, 10).batch_indices[5], w.batch_indices[2])
+    rec.drop_before(5)
+    assert rec.snapshot_steps == [7] and sorted(rec.steps) == [7, 8, 9]
+    rec.drop_before(8)
+    assert not rec.started and not rec.steps
