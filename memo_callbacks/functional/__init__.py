@@ -20,6 +20,14 @@ from memo_callbacks.functional.ensemble import (
 )
 from memo_callbacks.functional.gini import gini
 from memo_callbacks.functional.lass import LASSConfig, LassResult, lass, lass_noise, pixels_to_input_units
+from memo_callbacks.functional.memorization import (
+    ConsistencyScores,
+    MemorizationScores,
+    consistency_scores,
+    memorization_from_runs,
+    memorization_scores,
+    random_subsets,
+)
 from memo_callbacks.functional.sensitivity import input_gradient_sensitivity, per_example_norm
 from memo_callbacks.functional.unrolled import (
     SGDRule,
@@ -31,10 +39,12 @@ from memo_callbacks.functional.unrolled import (
 )
 
 __all__ = [
+    "ConsistencyScores",
     "EnsembleRun",
     "LASSConfig",
     "LassResult",
     "MLPParams",
+    "MemorizationScores",
     "SGDRule",
     "SGDTrajectoryRecorder",
     "SGDWindowRecorder",
@@ -42,6 +52,7 @@ __all__ = [
     "UnrolledWindow",
     "binomial_reference",
     "clean_noisy_means",
+    "consistency_scores",
     "dynamics_compute",
     "dynamics_update",
     "example_outcomes",
@@ -53,10 +64,13 @@ __all__ = [
     "lass_noise",
     "learned_for_good_epoch",
     "member_orders",
+    "memorization_from_runs",
+    "memorization_scores",
     "misclassification_rate",
     "mlp_forward",
     "per_example_norm",
     "pixels_to_input_units",
+    "random_subsets",
     "train_ensemble",
     "unrolled_sensitivity",
 ]

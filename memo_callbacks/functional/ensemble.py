@@ -153,11 +153,13 @@ class EnsembleRun:
             training, evaluated with the final parameters.
         loss: ``[E, N]`` float32, the cross-entropy of each example under each member after training.
         params: the final stacked parameters.
+        members: ``[E, N]`` bool, which examples each member trained on (all True without ``members=``).
     """
 
     correct: Tensor
     loss: Tensor
     params: MLPParams
+    members: Tensor | None = None
 
 
 def train_ensemble(
@@ -173,14 +175,22 @@ def train_ensemble(
     init: EnsembleInit = "default",
     drop_last: bool = False,
     eval_batch_size: int = 4096,
+    members: Tensor | None = None,
 ) -> EnsembleRun:
-    """Train ``num_members`` independent MLPs with plain SGD on the same data, all at once.
+    """Train ``num_members`` independent MLPs with plain SGD on the same data (or each on its own subset), all at once.
 
     Each member has its own seeded initialisation (:func:`init_mlp_params`) and its own seeded data order per
     epoch (:func:`member_orders`); a step takes the next ``batch_size`` examples of each member's permutation and
     updates every member with the gradient of its own mean cross-entropy (``p -= lr * grad``). Member ``k`` is
     therefore exactly a plain single-model SGD run (up to float summation order); the test suite checks this
     against a sequential ``torch.nn`` / ``torch.optim.SGD`` loop. Runs on ``x``'s device, in ``x``'s float dtype.
+
+    With ``members`` (an ``[E, N]`` bool mask), member ``k`` trains only on the examples ``i`` with
+    ``members[k, i]``: each epoch it visits them in the order of its own permutation of its ``M`` subset positions
+    (the subset listed in ascending index order), so member ``k`` is exactly member ``k`` of a run on
+    ``x[members[k]], y[members[k]]`` alone with the same seed. Every row must hold the same number ``M`` of
+    examples (as in Feldman and Zhang's subsampling at a fixed rate), so all members take the same number of steps
+    of the same batch size; the evaluation after training still covers all N examples.
 
     Args:
         x: ``[N, ...]`` inputs (flattened to ``[N, D]``).
@@ -195,9 +205,11 @@ def train_ensemble(
         init: ``"default"`` (PyTorch's Linear) or ``"glorot_uniform"``.
         drop_last: drop each epoch's last incomplete minibatch.
         eval_batch_size: examples per chunk of the final evaluation pass.
+        members: optional ``[E, N]`` bool training-set membership of every member, each row with the same number
+            of True entries; None trains every member on all N examples.
 
     Returns:
-        :class:`EnsembleRun` with the ``[E, N]`` correctness and losses after training.
+        :class:`EnsembleRun` with the ``[E, N]`` correctness and losses on all N examples after training.
 
     Raises:
         ValueError: on an invalid argument (the message names it).
@@ -216,8 +228,25 @@ def train_ensemble(
         raise ValueError(f"`num_members` must be a positive integer, got {num_members!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
-    if drop_last and batch_size > n:
-        raise ValueError(f"`batch_size` must be at most the {n} examples with drop_last=True, got {batch_size}")
+    subsets = None  # [E, M] each member's training examples, ascending
+    m = n
+    if members is not None:
+        if not torch.is_tensor(members) or members.dtype != torch.bool or tuple(members.shape) != (num_members, n):
+            shape = tuple(members.shape) if torch.is_tensor(members) else type(members).__name__
+            dtype = members.dtype if torch.is_tensor(members) else None
+            raise ValueError(f"`members` must be a bool tensor of shape ({num_members}, {n}) [num_members, N], "
+                             f"got {shape} of {dtype}")
+        sizes = members.sum(dim=1)
+        if int(sizes.min()) != int(sizes.max()):
+            raise ValueError(f"`members` rows must all hold the same number of examples, got sizes from "
+                             f"{int(sizes.min())} to {int(sizes.max())}")
+        m = int(sizes[0])
+        if m == 0:
+            raise ValueError("`members` rows must hold at least one example, got 0")
+        # stable sort puts each row's True positions first, in ascending index order: [E, N] -> [E, M]
+        subsets = torch.sort((~members).to(torch.int8), dim=1, stable=True).indices[:, :m].to(x.device)
+    if drop_last and batch_size > m:
+        raise ValueError(f"`batch_size` must be at most the {m} examples with drop_last=True, got {batch_size}")
     if not isinstance(epochs, int) or epochs < 0:
         raise ValueError(f"`epochs` must be a non-negative integer, got {epochs!r}")
     if not lr > 0:
@@ -237,9 +266,11 @@ def train_ensemble(
     for p in tensors:
         p.requires_grad_(True)
     order_gens = [member_generator(seed, m, "order") for m in range(num_members)]
-    steps = n // batch_size if drop_last else math.ceil(n / batch_size)
+    steps = m // batch_size if drop_last else math.ceil(m / batch_size)
     for _ in range(epochs):
-        orders = torch.stack([torch.randperm(n, generator=g) for g in order_gens]).to(flat.device)  # [E, N]
+        orders = torch.stack([torch.randperm(m, generator=g) for g in order_gens]).to(flat.device)  # [E, M]
+        if subsets is not None:
+            orders = subsets.gather(1, orders)  # positions in each member's subset -> dataset indices [E, M]
         for s in range(steps):
             idx = orders[:, s * batch_size : (s + 1) * batch_size]  # [E, B]
             logits = mlp_forward(params, flat[idx])  # [E, B, in] -> [E, B, K]
@@ -260,7 +291,9 @@ def train_ensemble(
             target = y[chunk].expand(num_members, -1)  # [E, b]
             correct[:, chunk] = logits.argmax(-1) == target
             losses[:, chunk] = F.cross_entropy(logits.transpose(1, 2).float(), target, reduction="none")
-    return EnsembleRun(correct=correct, loss=losses, params=params)
+    if members is None:
+        members = torch.ones(num_members, n, dtype=torch.bool, device=flat.device)
+    return EnsembleRun(correct=correct, loss=losses, params=params, members=members.to(flat.device))
 
 
 def misclassification_rate(correct: Tensor) -> Tensor:

@@ -208,3 +208,30 @@ def test_fig9_csr_every_measures_only_those_epochs(tmp_path: Path):
                "--csr-every", "2", "--variants", "real", "--out", str(tmp_path)])
     events = accumulator(run_dir(tmp_path, "fig9", "real"))
     assert len(events.Scalars("csr/val")) == 1  # epoch 2 only: nothing logged (or plotted) for epochs 1 and 3
+
+
+def test_memorization_scores_script(tmp_path: Path):
+    script = load("memorization_scores")
+    result = script.main(["--fractions", "0.4", "--seeds", "0", "--num-models", "6", "--epochs", "3",
+                          "--hidden", "16", "--out", str(tmp_path)])
+    folder = tmp_path / "memorization_scores"
+    config = json.loads((folder / "config.json").read_text())
+    assert config["config"]["num_models"] == 6 and config["config"]["fractions"] == [0.4]
+    (row,) = result["rows"]
+    assert json.loads((folder / "results.json").read_text()) == result["rows"]
+    assert row["noisy"] == 600 and row["examples"] <= 1500
+    for key, value in row.items():
+        if key.startswith("auroc_"):
+            assert 0.0 <= value <= 1.0
+        if key.startswith("rho_"):
+            assert -1.0 <= value <= 1.0
+    saved = torch.load(folder / "scores.pt")["randY0.4_seed0"]
+    noisy = saved["noisy"]
+    assert int(noisy.sum()) == 600
+    ok = saved["mem"].isfinite()
+    assert row["mem_noisy"] == pytest.approx(float(saved["mem"][noisy & ok].mean()))
+    # forgetting counts: at most every other epoch, or the never-learned mark (= epochs)
+    f = saved["forgetting"]
+    assert ((f <= 1) | (f == 3)).all()
+    assert (folder / "table.md").read_text() == result["table"] and "| 0.4 | mem |" in result["table"]
+    assert_png(folder / "memorization_scores.png")
