@@ -70,9 +70,8 @@ def test_adv_flipped_is_logged_every_step(tmp_path):
     torch.manual_seed(0)
     dm = NoisyDigits(noise="random_labels", noise_fraction=0.5, subset=60, batch_size=20, seed=0)
     lass_kwargs = dict(radius=0.1, step_size=0.2, noise_std=0.1, max_iter=5)  # some flip, some do not
-    model = MLPClassifier(SHAPE, 10, hidden=(32,), lr=0.1, adversarial_weight=0.5, adversarial_unit="input",
-                          adversarial_radius=0.1, adversarial_step_size=0.2, adversarial_noise_std=0.1,
-                          adversarial_max_iter=5, adversarial_seed=3)  # fmt: skip
+    model = MLPClassifier(SHAPE, 10, hidden=(32,), lr=0.1, adversarial_weight=0.5,
+                          lass=LASSConfig(unit="input", seed=3, **lass_kwargs))
     check = ExpectedLoss(0.5, lass_kwargs, seed=3)
     logged = []
 
