@@ -219,6 +219,16 @@ class MemorizationClassifier(LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.network(x)
 
+    def as_bound_module(self) -> nn.Module:
+        """The network ``forward`` runs, for bound propagation (:func:`memo_callbacks.functional.certify.certify`).
+
+        Its noise and crop layers expose their own evaluation-mode form (``as_bound_module``), dropout is the
+        identity in evaluation mode. A subclass that overrides ``forward`` must override this too.
+        """
+        if type(self).forward is not MemorizationClassifier.forward:
+            raise NotImplementedError(f"{type(self).__name__} overrides `forward`: it must override `as_bound_module` too")
+        return self.network
+
     # ------------------------------------------------------------------------------------------------------ setup
     def setup(self, stage: str) -> None:
         if stage != "fit":

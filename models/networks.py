@@ -38,6 +38,10 @@ class GaussianNoise(nn.Module):
     def extra_repr(self) -> str:
         return f"std={self.std}"
 
+    def as_bound_module(self) -> nn.Module:
+        """The evaluation-mode layer for bound propagation (:func:`memo_callbacks.functional.certify.certify`): the identity."""
+        return nn.Identity()
+
 
 class Crop(nn.Module):
     """Removes ``pixels`` rows and columns from each side of ``[B, C, H, W]`` images (the paper's Crop(2, 2))."""
@@ -52,6 +56,11 @@ class Crop(nn.Module):
 
     def extra_repr(self) -> str:
         return f"pixels={self.pixels}"
+
+    def as_bound_module(self) -> nn.Module:
+        """This crop as a standard layer for bound propagation: zero padding by ``-pixels`` on each side."""
+        p = self.pixels
+        return nn.ZeroPad2d((-p, -p, -p, -p)) if p else nn.Identity()
 
 
 def _check_regularisers(dropout: float, input_dropout: float, input_noise: float, hidden_noise: float) -> None:

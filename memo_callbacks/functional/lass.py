@@ -70,16 +70,20 @@ class LassResult:
 
     Attributes:
         critical: ``[N]`` bool, the prediction changed within ``max_iter`` steps.
-        iterations: ``[N]`` int64, the step (1..max_iter) at which it changed; ``max_iter`` where it never did.
+        iterations: ``[N]`` int64, the step (1..max_iter) at which it changed; ``max_iter`` where it never did;
+            0 for a certified sample (never searched).
         predicted: ``[N]`` int64, the argmax at the clean input (the reference class).
-        adversarial: ``[N, ...]`` the first iterate whose prediction differs (the last iterate where none did), or
-            None unless ``return_adversarial``.
+        adversarial: ``[N, ...]`` the first iterate whose prediction differs (the last iterate where none did; the
+            clean point of a certified sample), or None unless ``return_adversarial``.
+        certified: ``[N]`` bool, the samples the ``certify`` screen proved non-critical (not searched), or None
+            when no screen ran.
     """
 
     critical: Tensor
     iterations: Tensor
     predicted: Tensor
     adversarial: Tensor | None = None
+    certified: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -337,6 +341,7 @@ def lass(
     clip: tuple[float | Tensor, float | Tensor] | None = None,
     batch_size: int | None = None,
     return_adversarial: bool = False,
+    certify: bool | Literal["ibp", "crown-ibp", "crown"] = False,
 ) -> LassResult:
     """Search each sample's L-infinity box for an input the model classifies differently (LASS).
 
@@ -359,6 +364,11 @@ def lass(
             box projection.
         batch_size: number of samples searched at once (slots); default ``min(N, 256)``.
         return_adversarial: also return the iterate at which each sample flipped (the last one where it did not).
+        certify: first screen the batch with :func:`~memo_callbacks.functional.certify.certify` (True: its
+            default ``"crown"`` bounds, or a method name) and search only the samples it cannot prove
+            non-critical: the certified ones get ``critical=False`` and ``iterations=0``, and no result changes.
+            A network the bounds do not support (``NotImplementedError``) is searched without a screen (one
+            warning).
 
     Returns:
         A :class:`LassResult` on the model's device.
@@ -382,6 +392,8 @@ def lass(
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"`batch_size` must be an integer >= 1 or None, got {batch_size!r}")
     seed = check_seed(seed)
+    if not (isinstance(certify, bool) or certify in ("ibp", "crown-ibp", "crown")):
+        raise ValueError(f"`certify` must be a bool or one of 'ibp', 'crown-ibp', 'crown', got {certify!r}")
     n, sample_shape = x.shape[0], x.shape[1:]
     r = _as_box_tensor("radius", radius, sample_shape)
     alpha = _as_box_tensor("step_size", step_size, sample_shape)
@@ -416,10 +428,44 @@ def lass(
     with preserved_state(model), full_float32_precision(), torch.inference_mode(False), _no_autocast(device):
         model.eval()
         torch.set_grad_enabled(True)
-        return _search(
+        screen, clean = (_screen(model, x, r, low, high, certify) if certify else None), x
+        if screen is not None:  # search only the samples the bounds could not certify
+            rest = (~screen.certified).nonzero().squeeze(1).cpu()
+            x, sample_ids = x[rest.to(x.device)], sample_ids[rest.to(sample_ids.device)]
+        out = _search(
             model, x, sample_ids, r, alpha, beta, low, high, max_iter, seed, batch, return_adversarial,
             dtype, work_dtype, device,
         )
+        return out if screen is None else _merge_screened(out, screen, rest, clean, work_dtype)
+
+
+def _screen(model: nn.Module, x: Tensor, r: Tensor, low: Tensor | None, high: Tensor | None, method: bool | str):
+    """The certify screen's result, or None (with one warning) when the network has no bounds."""
+    from memo_callbacks.functional.certify import certify  # lazy: certify imports this module's precision helpers
+
+    try:
+        return certify(model, x, radius=r, clip=None if low is None else (low, high), method="crown" if method is True else method)
+    except NotImplementedError as err:
+        _warn_once(f"LASS: no certify screen, every sample is searched ({err})")
+        return None
+
+
+def _merge_screened(out: LassResult, screen, rest: Tensor, clean: Tensor, dtype: torch.dtype) -> LassResult:
+    """The searched samples' results ``out`` (rows ``rest``) and the certified ones' (not critical, 0 steps)."""
+    certified = screen.certified
+    device = certified.device
+    rest = rest.to(device)
+    critical = torch.zeros_like(certified)
+    critical[rest] = out.critical
+    iterations = torch.zeros(certified.shape, dtype=torch.int64, device=device)
+    iterations[rest] = out.iterations
+    predicted = screen.predicted.clone()
+    predicted[rest] = out.predicted
+    adversarial = None
+    if out.adversarial is not None:
+        adversarial = clean.detach().to(device=device, dtype=dtype).clone()  # a certified sample's: its clean point
+        adversarial[rest] = out.adversarial
+    return LassResult(critical, iterations, predicted, adversarial, certified)
 
 
 def _no_autocast(device: torch.device):
