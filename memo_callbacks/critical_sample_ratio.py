@@ -37,6 +37,9 @@ class CriticalSampleRatio(Callback):
     - ``csr/val``: critical samples / samples examined;
     - ``csr/val_iterations``: mean number of LASS steps to a flip, over the critical samples;
     - a TensorBoard histogram ``csr/val_iterations_hist`` of those step counts (when a TensorBoard logger is used);
+    - ``csr/val_certified`` (with ``certify=True``): the share of the examined samples proved non-critical by
+      :func:`~memo_callbacks.functional.certify.certify` before the search, hence not searched (``csr/val`` is
+      the same with or without the screen; a network the bounds do not support is searched whole, certifying none);
 
     and, with ``train=True``, the same for a seeded subset of the training set (``csr/train``), split into
     ``csr/train_clean`` and ``csr/train_noisy`` when the datamodule says which examples are noisy.
@@ -74,6 +77,8 @@ class CriticalSampleRatio(Callback):
         input_std: ``[C]`` per-channel std of the inputs (pixel units); default from the datamodule.
         pixel_scale: one pixel unit in raw input units; default ``dm.pixel_scale``, else 1/255.
         batch_adapter: turns one collated dataset batch into a :class:`~memo_callbacks.utilities.ParsedBatch`.
+        certify: screen each split with certified margin bounds first and search only the samples they cannot
+            prove non-critical (the same critical flags, far fewer LASS steps at small radii); False: plain LASS.
 
     Example:
         >>> csr = CriticalSampleRatio(num_samples=500, every_n_epochs=5, train=True)  # the paper's LASS
@@ -93,6 +98,7 @@ class CriticalSampleRatio(Callback):
         input_std: float | Sequence[float] | Tensor | None = None,
         pixel_scale: float | None = None,
         batch_adapter: BatchAdapter | None = None,
+        certify: bool = True,
     ) -> None:
         for name, value in (("num_samples", num_samples), ("num_train_samples", num_train_samples)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -115,6 +121,8 @@ class CriticalSampleRatio(Callback):
             if input_std.numel() == 0 or not bool(((input_std > 0) & torch.isfinite(input_std)).all()):
                 raise ValueError(f"`input_std` must be non-empty, finite and > 0, got {input_std.tolist()}")
         check_callable(batch_adapter, "batch_adapter")
+        check_bool(certify, "certify")
+        self.certify = certify
         #: The LASS settings (the attributes below are read from it).
         self.lass = lass
         radius, step_size, noise_std, unit = lass.radius, lass.step_size, lass.noise_std, lass.unit
@@ -183,7 +191,7 @@ class CriticalSampleRatio(Callback):
         entry: dict[str, float | int] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
         writer = find_tensorboard(trainer) if trainer.is_global_zero else None
         for split in splits:
-            counts, hist = self._search(pl_module, split, trainer.datamodule)  # local: [2 groups, 3], [max_iter + 1]
+            counts, hist = self._search(pl_module, split, trainer.datamodule)  # local: [2 groups, 4], [max_iter + 1]
             counts, hist = all_reduce_sum(trainer, counts), all_reduce_sum(trainer, hist)  # every rank, exact
             entry.update(self._summarise(split, counts))
             if writer is not None and int(hist.sum()) > 0:
@@ -198,20 +206,24 @@ class CriticalSampleRatio(Callback):
         r, alpha, beta = (self._to_input_units(v, x, dm) for v in (self.radius, self.step_size, self.noise_std))
         out = lass(
             pl_module, x, radius=r, step_size=alpha, noise_std=beta, max_iter=self.max_iter, seed=self.seed,
-            sample_ids=split.ids, clip=self._clip_bounds(x, dm), batch_size=self.batch_size,
+            sample_ids=split.ids, clip=self._clip_bounds(x, dm), batch_size=self.batch_size, certify=self.certify,
         )
         critical, iterations = out.critical.cpu(), out.iterations.cpu()
         group = split.noisy.long() if split.noisy is not None else torch.zeros(len(x), dtype=torch.long)
-        counts = torch.zeros(2, 3, dtype=torch.int64)  # per group: critical, examined, sum of steps to a flip
+        counts = torch.zeros(2, 4, dtype=torch.int64)  # per group: critical, examined, sum of steps to a flip, certified
         counts[:, 0] = torch.bincount(group, weights=critical.double(), minlength=2).long()
         counts[:, 1] = torch.bincount(group, minlength=2)
         counts[:, 2] = torch.bincount(group, weights=(iterations * critical).double(), minlength=2).long()
+        if out.certified is not None:
+            counts[:, 3] = torch.bincount(group, weights=out.certified.cpu().double(), minlength=2).long()
         hist = torch.bincount(iterations[critical], minlength=self.max_iter + 1)  # [max_iter + 1], index 0 unused
         return counts, hist
 
     def _summarise(self, split: _Split, counts: Tensor) -> dict[str, float]:
         total = counts.sum(0)
         out = {f"csr/{split.name}": _ratio(total[0], total[1]), f"csr/{split.name}_iterations": _ratio(total[2], total[0])}
+        if self.certify:
+            out[f"csr/{split.name}_certified"] = _ratio(total[3], total[1])
         if split.noisy is not None:
             for g, part in ((0, "clean"), (1, "noisy")):
                 if int(counts[g, 1]) > 0:
