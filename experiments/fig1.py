@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from common import make_datamodule, parse_config
+from common import Dataset, Progress, Variant, make_datamodule, parse_config, torch_device
 from torch.utils.tensorboard import SummaryWriter
 
 from memo_callbacks.functional import binomial_reference, misclassification_rate, train_ensemble
@@ -28,9 +28,9 @@ from memo_callbacks.functional import binomial_reference, misclassification_rate
 
 @dataclass
 class Fig1Config:
-    dataset: str = "cifar10"  # mnist | cifar10 | cifar10-jpg | digits
+    dataset: Dataset = "cifar10"
     data_dir: str = "./data"
-    variants: tuple[str, ...] = ("real", "randX", "randY")
+    variants: tuple[Variant, ...] = ("real", "randX", "randY")
     examples: int = 1000  # the first N training examples
     runs: int = 100  # E: independent runs (initialisation and data order)
     hidden: tuple[int, ...] = (256, 256)  # the paper's MLP size is not stated
@@ -44,8 +44,10 @@ QUICK = dict(dataset="digits")
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
-    cfg, run = parse_config(Fig1Config, QUICK, __doc__.split("\n")[0], argv)
-    device = torch.device("cuda" if run.gpus > 0 and torch.cuda.is_available() else "cpu")
+    cfg, run = parse_config(Fig1Config, QUICK, __doc__.split("\n")[0], argv, figure="fig1",
+                            single_process="its E runs train as one vectorised ensemble, outside a Trainer")
+    device = torch_device(run)
+    progress = Progress("[fig1]", len(cfg.variants), "variant")
     out = Path(run.out) / "fig1"
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "run": asdict(run)}, indent=2))
@@ -72,6 +74,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
             writer.add_scalar(f"fig1/{variant}/{k}", v, 0)
         print(f"[fig1] {variant:>5}: mean misclassification {p:.3f}, std across examples {summary[variant]['std']:.3f} "
               f"vs binomial {summary[variant]['binomial_std']:.3f} (ratio {summary[variant]['spread_ratio']:.2f})")
+        progress.update(len(summary), f"{variant} done")
     writer.close()
     torch.save(rates, out / "rates.pt")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -15,7 +15,7 @@ from regularisers import QUICK, RegulariserConfig, sweep
 
 
 def main(argv: list[str] | None = None) -> dict[str, list[tuple[float, float, float]]]:
-    cfg, args = parse_config(RegulariserConfig, QUICK, __doc__.split("\n")[0], argv)
+    cfg, args = parse_config(RegulariserConfig, QUICK, __doc__.split("\n")[0], argv, figure="fig10")
     runs = sweep("fig10", cfg, args, {r: getattr(cfg, r) for r in cfg.regularisers})
     curves: dict[str, list[tuple[float, float, float]]] = {}
     for (reg, strength), pair in runs.items():

@@ -18,7 +18,7 @@ SELECTED = {"dropout": (0.5, 0.9), "adversarial": (0.5,)}
 
 
 def main(argv: list[str] | None = None):
-    cfg, args = parse_config(RegulariserConfig, QUICK, __doc__.split("\n")[0], argv)
+    cfg, args = parse_config(RegulariserConfig, QUICK, __doc__.split("\n")[0], argv, figure="fig11")
     selected = {r: s for r, s in SELECTED.items() if r in cfg.regularisers}
     runs = sweep("fig11", cfg, args, selected)
     if next(iter(runs.values()))["real"].is_global_zero:

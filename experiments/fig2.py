@@ -25,10 +25,14 @@ import pytorch_lightning as pl
 import torch
 from common import (
     SHARED_CIFAR_ARCHIVE,
+    Dataset,
     EpochMetrics,
+    Progress,
+    Variant,
     make_datamodule,
     make_trainer,
     parse_config,
+    quiet_lightning,
     save_config,
     write_summary,
 )
@@ -39,9 +43,9 @@ from models import CNNClassifier
 
 @dataclass
 class Fig2Config:
-    dataset: str = "cifar10"  # cifar10 | cifar10-jpg | digits | mnist
+    dataset: Dataset = "cifar10"
     data_dir: str = "./data"
-    variants: tuple[str, ...] = ("real", "randY")
+    variants: tuple[Variant, ...] = ("real", "randY")
     width: float = 1.0  # CNN width multiplier (1.0 = the paper's 200 filters)
     crop: int = 2  # the paper's Crop(2, 2)
     epochs: int = 60  # not stated in the paper
@@ -135,7 +139,8 @@ class FilterImages(pl.Callback):
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg, run = parse_config(Fig2Config, QUICK, __doc__.split("\n")[0], argv)
+    cfg, run = parse_config(Fig2Config, QUICK, __doc__.split("\n")[0], argv, figure="fig2")
+    progress = Progress("[fig2]", len(cfg.variants), "run")
     filters: dict[str, Tensor] = {}
     results: dict[str, Any] = {}
     for variant in cfg.variants:
@@ -152,7 +157,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         trainer = make_trainer(run, "fig2", variant, cfg.epochs, [metrics, FilterImages(cfg.max_filters)],
                                check_val_every_n_epoch=cfg.val_every or cfg.epochs)
         save_config(trainer, cfg, run, variant=variant)
-        trainer.fit(model, dm)
+        with quiet_lightning():
+            trainer.fit(model, dm)
         final = first_conv(model).weight.detach().cpu()
         filters[variant] = final
         last = metrics.rows[-1]
@@ -162,6 +168,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             train_acc=last.get("train/acc", float("nan")),
             val_acc=last.get("val/acc", float("nan")),
         )
+        progress.update(len(results), f"{variant} done")
     results["initialisation"] = dict(smoothness=smoothness(filters["initialisation"]).mean().item(),
                                      distance_from_init=0.0, train_acc=None, val_acc=None)
     if trainer.global_rank == 0:

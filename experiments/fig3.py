@@ -20,18 +20,20 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Literal
 from pathlib import Path
 
-from common import parse_config, plot_panels
-from sensitivity_runs import fig3_datamodule, run_protocol
+from common import Progress, parse_config, plot_panels
+from sensitivity_runs import Engine, fig3_datamodule, run_protocol
 from torch.utils.tensorboard import SummaryWriter
 
 from memo_callbacks.functional import gini
+from memo_callbacks.functional.sensitivity import Norm
 
 
 @dataclass
 class Fig3Config:
-    dataset: str = "mnist"  # mnist | digits
+    dataset: Literal["mnist", "digits"] = "mnist"
     data_dir: str = "./data"
     examples: int = 1000
     steps: tuple[int, ...] = (500, 800, 1200, 2000, 5000, 10000, 30000, 100000)
@@ -41,8 +43,8 @@ class Fig3Config:
     window: int = 500  # the last 500 steps are measured
     measure_every: int = 2
     one_class_per_example: bool = True  # also run the "as many classes as examples" variants (their own panel)
-    norm: str = "l1"  # l1 (the paper's) | l2 | linf, for g_x^t and the proxy alike
-    engine: str = "functional"  # functional | callback (Trainer + LossSensitivity(mode="unrolled"))
+    norm: Norm = "l1"  # l1 (the paper's) | l2 | linf, for g_x^t and the proxy alike
+    engine: Engine = "functional"  # functional | callback (Trainer + LossSensitivity(mode="unrolled"))
     seed: int = 0
 
 
@@ -52,11 +54,8 @@ QUICK = dict(dataset="digits", steps=(500, 2000, 8000, 20000), hidden=(32, 32), 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg, run = parse_config(Fig3Config, QUICK, __doc__.split("\n")[0], argv)
-    if cfg.norm not in ("l1", "l2", "linf"):
-        raise SystemExit(f"--norm must be l1, l2 or linf, got {cfg.norm!r}")
-    if cfg.engine not in ("functional", "callback"):
-        raise SystemExit(f"--engine must be functional or callback, got {cfg.engine!r}")
+    cfg, run = parse_config(Fig3Config, QUICK, __doc__.split("\n")[0], argv, figure="fig3",
+                            single_process="each run is a plain SGD loop (or a one-process Trainer)")
     out = Path(run.out) / "fig3"
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "run": asdict(run)}, indent=2))
@@ -65,19 +64,25 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.one_class_per_example:
         variants += [("real, 1 class/example", False, True), ("random, 1 class/example", True, True)]
     results: dict = {}
+    # Progress in SGD steps over every run (the unrolled measurement of each window is counted in the rate).
+    progress, done = Progress("[fig3]", len(variants) * sum(cfg.steps), "step", bar=True, blocks=20), 0
     for name, random_inputs, per_example in variants:
         dm = fig3_datamodule(cfg.dataset, cfg.data_dir, random_inputs, per_example, cfg.examples, cfg.seed)
         for steps in cfg.steps:
             r = run_protocol(dm, steps, hidden=cfg.hidden, lr=cfg.lr, batch_size=cfg.batch_size, window=cfg.window,
-                             measure_every=cfg.measure_every, seed=cfg.seed, norm=cfg.norm, engine=cfg.engine)
+                             measure_every=cfg.measure_every, seed=cfg.seed, norm=cfg.norm, engine=cfg.engine,
+                             progress=lambda k, done=done, name=name, steps=steps: progress.update(
+                                 done + k, f"{name}, T={steps}"))
+            done += steps
+            progress.update(done, f"{name}, T={steps} measured")
             row = {"steps": steps, "gini": gini(r.g_bar), "gini_proxy": gini(r.proxy),
                    "train_acc": r.train_acc}
             results.setdefault(name, []).append(row)
             tag = name.replace(", ", "_").replace(" ", "_").replace("/", "_per_")
             for k in ("gini", "gini_proxy", "train_acc"):
                 writer.add_scalar(f"fig3/{tag}/{k}", row[k], steps)
-            print(f"[fig3] {name:>24} T={steps:>6}: Gini {row['gini']:.3f} (proxy {row['gini_proxy']:.3f}), "
-                  f"train acc {row['train_acc']:.3f}", flush=True)
+            progress.print(f"[fig3] {name:>24} T={steps:>6}: Gini {row['gini']:.3f} (proxy {row['gini_proxy']:.3f}), "
+                  f"train acc {row['train_acc']:.3f}")
     writer.close()
     (out / "results.json").write_text(json.dumps(results, indent=2))
     def series(key: str, per_example: bool | None = None) -> dict:

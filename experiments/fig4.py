@@ -19,16 +19,19 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass
+from typing import Literal
 from pathlib import Path
 
 import torch
-from common import parse_config
-from sensitivity_runs import fig3_datamodule, run_protocol
+from common import Progress, parse_config
+from sensitivity_runs import Engine, fig3_datamodule, run_protocol
+
+from memo_callbacks.functional.sensitivity import Norm
 
 
 @dataclass
 class Fig4Config:
-    dataset: str = "mnist"  # mnist | digits
+    dataset: Literal["mnist", "digits"] = "mnist"
     data_dir: str = "./data"
     examples: int = 1000
     steps: int = 10000
@@ -37,8 +40,8 @@ class Fig4Config:
     batch_size: int = 32
     window: int = 500
     measure_every: int = 2
-    norm: str = "l1"  # l1 (the paper's) | l2 | linf
-    engine: str = "functional"  # functional | callback (Trainer + LossSensitivity(mode="unrolled", per_class=True))
+    norm: Norm = "l1"  # l1 (the paper's) | l2 | linf
+    engine: Engine = "functional"  # functional | callback (Trainer + LossSensitivity(mode="unrolled", per_class=True))
     seed: int = 0
 
 
@@ -72,28 +75,27 @@ def shared_log_scale(matrices: dict[str, torch.Tensor]):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg, run = parse_config(Fig4Config, QUICK, __doc__.split("\n")[0], argv)
-    if cfg.norm not in ("l1", "l2", "linf"):
-        raise SystemExit(f"--norm must be l1, l2 or linf, got {cfg.norm!r}")
-    if cfg.engine not in ("functional", "callback"):
-        raise SystemExit(f"--engine must be functional or callback, got {cfg.engine!r}")
+    cfg, run = parse_config(Fig4Config, QUICK, __doc__.split("\n")[0], argv, figure="fig4",
+                            single_process="each run is a plain SGD loop (or a one-process Trainer)")
+    progress = Progress("[fig4]", 2 * cfg.steps, "step", bar=True, blocks=20)
     out = Path(run.out) / "fig4"
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "run": asdict(run)}, indent=2))
     matrices, summary = {}, {}
-    for name, random_inputs in (("real", False), ("random", True)):
+    for i, (name, random_inputs) in enumerate((("real", False), ("random", True))):
         dm = fig3_datamodule(cfg.dataset, cfg.data_dir, random_inputs, False, cfg.examples, cfg.seed)
         r = run_protocol(dm, cfg.steps, hidden=cfg.hidden, lr=cfg.lr, batch_size=cfg.batch_size, window=cfg.window,
                          measure_every=cfg.measure_every, seed=cfg.seed, per_class=True, norm=cfg.norm,
-                         engine=cfg.engine)
+                         engine=cfg.engine, progress=lambda k, i=i, name=name: progress.update(i * cfg.steps + k, name))
+        progress.update((i + 1) * cfg.steps, f"{name} measured")
         m = r.class_matrix
         matrices[name] = m
         summary[name] = {"diagonal_dominance": diagonal_dominance(m), "diagonal_share": diagonal_share(m),
                          "train_acc": r.train_acc}
-        print(f"[fig4] {name:>6}: diagonal dominance {summary[name]['diagonal_dominance']:.2f} (diagonal over the "
-              f"row's largest other cell, mean over rows), diagonal share of the mass "
-              f"{summary[name]['diagonal_share']:.3f} (1/K = {1 / m.shape[0]:.3f}), train acc {r.train_acc:.3f}",
-              flush=True)
+        progress.print(f"[fig4] {name:>6}: diagonal dominance {summary[name]['diagonal_dominance']:.2f} (diagonal "
+                       f"over the row's largest other cell, mean over rows), diagonal share of the mass "
+                       f"{summary[name]['diagonal_share']:.3f} (1/K = {1 / m.shape[0]:.3f}), train acc "
+                       f"{r.train_acc:.3f}")
     torch.save(matrices, out / "matrices.pt")
     (out / "results.json").write_text(json.dumps(summary, indent=2))
     _plot(out / "fig4.png", matrices, summary, cfg)

@@ -23,12 +23,16 @@ from typing import Any
 import torch
 
 from common import (
+    Dataset,
     EpochMetrics,
+    NoiseKind,
+    Progress,
     make_trainer,
     noise_name,
     noisy_datamodule,
     parse_config,
     plot_panels,
+    quiet_lightning,
     save_config,
     write_summary,
 )
@@ -38,9 +42,9 @@ from models import MLPClassifier
 
 @dataclass
 class Fig5Config:
-    dataset: str = "mnist"  # mnist | cifar10 | cifar10-jpg | digits
+    dataset: Dataset = "mnist"
     data_dir: str = "./data"
-    variants: tuple[str, ...] = ("randY", "randX")  # noise kinds, one panel each
+    variants: tuple[NoiseKind, ...] = ("randY", "randX")  # noise kinds, one panel each
     fractions: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # noise levels, one curve each (0 = real data)
     hidden_units: tuple[int, ...] = (256, 512, 1024, 2048, 4096, 8192)  # units per hidden layer (x axis)
     layers: int = 2  # hidden layers
@@ -70,7 +74,8 @@ def train_one(cfg: Fig5Config, run: Any, variant: str, fraction: float, hidden: 
     name = f"{noise_name(variant, fraction)}_h{hidden}"
     trainer = make_trainer(run, "fig5", name, cfg.epochs, [metrics], enable_checkpointing=False)
     save_config(trainer, cfg, run, variant=variant, fraction=fraction, hidden=hidden)
-    trainer.fit(model, dm)
+    with quiet_lightning():
+        trainer.fit(model, dm)
     _, val = metrics.series("val/acc")
     _, train = metrics.series("train/acc")
     return dict(variant=variant, fraction=fraction, hidden=hidden, final_val_acc=val[-1], best_val_acc=max(val),
@@ -78,14 +83,16 @@ def train_one(cfg: Fig5Config, run: Any, variant: str, fraction: float, hidden: 
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    cfg, run = parse_config(Fig5Config, QUICK, __doc__.split("\n")[0], argv)
+    cfg, run = parse_config(Fig5Config, QUICK, __doc__.split("\n")[0], argv, figure="fig5")
     # The real-data runs (fraction 0) are shared by every variant's panel.
     levels = [("real", 0.0)] + [(v, f) for v in cfg.variants for f in cfg.fractions if f > 0]
     results: list[dict[str, Any]] = []
+    progress = Progress("[fig5]", len(levels) * len(cfg.hidden_units), "run")
     for variant, fraction in levels:
         for hidden in cfg.hidden_units:
             row, rank = train_one(cfg, run, variant, fraction, hidden)
             results.append(row)
+            progress.update(len(results), f"{noise_name(variant, fraction)} h{hidden} done")
     if rank == 0:
         report(cfg, run, results)
     return results

@@ -17,19 +17,23 @@ figure's curves to ``runs/fig6/summary``, ``runs/fig6/results.json`` and ``runs/
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from common import (
+    Dataset,
     EpochMetrics,
+    NoiseKind,
+    Progress,
     StopWhenReached,
     make_trainer,
     noise_name,
     noisy_datamodule,
     parse_config,
+    quiet_lightning,
     save_config,
     write_summary,
 )
@@ -39,14 +43,14 @@ from models import MLPClassifier
 
 @dataclass
 class Fig6Config:
-    dataset: str = "mnist"  # mnist | cifar10 | cifar10-jpg | digits
+    dataset: Dataset = "mnist"
     data_dir: str = "./data"
-    variants: tuple[str, ...] = ("randY", "randX")  # noise kinds, one row of panels each
+    variants: tuple[NoiseKind, ...] = ("randY", "randX")  # noise kinds, one row of panels each
     fractions: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)  # noise levels, one curve each (0 = real data)
     hidden_units: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)  # width sweep (units per hidden layer) ...
-    examples: int = 50000  # ... at this many training examples
+    examples: int = field(default=50000, metadata={"help": "training examples of the width sweep"})
     dataset_sizes: tuple[int, ...] = (10000, 20000, 30000, 40000, 50000)  # size sweep ...
-    hidden: int = 4096  # ... at this width
+    hidden: int = field(default=4096, metadata={"help": "units per hidden layer of the size sweep"})
     layers: int = 2  # hidden layers
     max_epochs: int = 1000  # runs that have not fitted by then are reported as "not reached"
     batch_size: int = 128  # not stated in the paper
@@ -76,7 +80,8 @@ def train_one(cfg: Fig6Config, run: Any, variant: str, fraction: float, hidden: 
     trainer = make_trainer(run, "fig6", name, cfg.max_epochs, [metrics, stop], limit_val_batches=0,
                            enable_checkpointing=False)
     save_config(trainer, cfg, run, variant=variant, fraction=fraction, hidden=hidden, examples=examples)
-    trainer.fit(model, dm)
+    with quiet_lightning():
+        trainer.fit(model, dm)
     epochs, train_acc = metrics.series("train/acc")
     row = dict(variant=variant, fraction=fraction, hidden=hidden, examples=examples,
                epochs_to_fit=stop.reached_epoch, epochs_run=epochs[-1], final_train_acc=train_acc[-1])
@@ -84,17 +89,17 @@ def train_one(cfg: Fig6Config, run: Any, variant: str, fraction: float, hidden: 
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
-    cfg, run = parse_config(Fig6Config, QUICK, __doc__.split("\n")[0], argv)
-    if cfg.max_epochs < 1:
-        raise SystemExit(f"--max-epochs must be >= 1, got {cfg.max_epochs}")
+    cfg, run = parse_config(Fig6Config, QUICK, __doc__.split("\n")[0], argv, figure="fig6")
     levels = [("real", 0.0)] + [(v, f) for v in cfg.variants for f in cfg.fractions if f > 0]
     points = [(h, cfg.examples) for h in cfg.hidden_units]
     points += [(cfg.hidden, n) for n in cfg.dataset_sizes if (cfg.hidden, n) not in points]
     results: list[dict[str, Any]] = []
+    progress = Progress("[fig6]", len(levels) * len(points), "run")
     for variant, fraction in levels:
         for hidden, examples in points:
             row, rank = train_one(cfg, run, variant, fraction, hidden, examples)
             results.append(row)
+            progress.update(len(results), f"{noise_name(variant, fraction)} h{hidden} n{examples} done")
     if rank == 0:
         report(cfg, run, results)
     return results

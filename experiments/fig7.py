@@ -14,13 +14,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common import Dataset, Model
 from noise_levels import NoiseLevelConfig, run
 
 
 @dataclass
 class Fig7Config(NoiseLevelConfig):
-    dataset: str = "mnist"
-    model: str = "mlp"
+    dataset: Dataset = "mnist"
+    model: Model = "mlp"
     hidden: tuple[int, ...] = (4096, 4096)
     epochs: int = 100  # the paper trains 1,000 epochs
     lr: float = 0.01

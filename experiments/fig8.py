@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common import Dataset, Model
 from noise_levels import NoiseLevelConfig, run
 
 
 @dataclass
 class Fig8Config(NoiseLevelConfig):
-    dataset: str = "cifar10"
-    model: str = "cnn"
+    dataset: Dataset = "cifar10"
+    model: Model = "cnn"
 
 
 def main(argv: list[str] | None = None):

@@ -17,17 +17,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import EpochMetrics, build_classifier, fit, make_datamodule, parse_config, plot_panels, seed_band
+from common import (
+    Dataset,
+    EpochMetrics,
+    Model,
+    Progress,
+    Variant,
+    build_classifier,
+    fit,
+    make_datamodule,
+    parse_config,
+    plot_panels,
+    seed_band,
+)
 
 from memo_callbacks import CriticalSampleRatio, LASSConfig
 
 
 @dataclass
 class Fig9Config:
-    dataset: str = "cifar10"  # mnist | cifar10 | cifar10-jpg | digits
+    dataset: Dataset = "cifar10"
     data_dir: str = "./data"
-    variants: tuple[str, ...] = ("real", "randX", "randY")
-    model: str = "cnn"  # cnn (the paper's CIFAR-10 network) | mlp
+    variants: tuple[Variant, ...] = ("real", "randX", "randY")
+    model: Model = "cnn"  # cnn (the paper's CIFAR-10 network) | mlp
     width: float = 1.0  # CNN width multiplier (1.0 = the paper's 200 channels)
     hidden: tuple[int, ...] = (4096, 4096)  # MLP hidden layers
     epochs: int = 60  # not stated in the paper
@@ -64,9 +76,8 @@ def csr_series(csr: CriticalSampleRatio, key: str = "csr/val") -> tuple[list[int
 
 def main(argv: list[str] | None = None) -> dict[str, list[EpochMetrics]]:
     """Returns ``{variant: [EpochMetrics per seed]}``."""
-    cfg, run = parse_config(Fig9Config, QUICK, __doc__.split("\n")[0], argv)
-    if not cfg.seeds:
-        raise SystemExit("--seeds needs at least one seed")
+    cfg, run = parse_config(Fig9Config, QUICK, __doc__.split("\n")[0], argv, figure="fig9")
+    progress = Progress("[fig9]", len(cfg.variants) * len(cfg.seeds), "run")
     results: dict[str, list[EpochMetrics]] = {}
     curves: dict[str, list[tuple[list[int], list[float]]]] = {}
     for variant in cfg.variants:
@@ -87,6 +98,7 @@ def main(argv: list[str] | None = None) -> dict[str, list[EpochMetrics]]:
                 print(f"[fig9] {variant} seed {seed}: CSR {csr_values[-1] if csr_values else float('nan'):.4f}, "
                       f"train acc {last.get('train/acc', float('nan')):.3f}, "
                       f"val acc {last.get('val/acc', float('nan')):.3f}", flush=True)
+            progress.update(sum(map(len, results.values())), f"{name} done")
     if metrics.is_global_zero:
         def band(series: list) -> tuple:
             return seed_band(series) if len(series) > 1 else series[0]

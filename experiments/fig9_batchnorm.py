@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from common import build_classifier, fit, make_datamodule, parse_config
+from common import Dataset, Progress, Variant, build_classifier, fit, make_datamodule, parse_config
 from torch import Tensor, nn
 
 from memo_callbacks.functional import lass
@@ -32,9 +32,9 @@ from memo_callbacks.functional import lass
 
 @dataclass
 class BatchNormCheckConfig:
-    dataset: str = "cifar10-jpg"  # mnist | cifar10 | cifar10-jpg | digits
+    dataset: Dataset = "cifar10-jpg"
     data_dir: str = "./data"
-    variants: tuple[str, ...] = ("real", "randX")
+    variants: tuple[Variant, ...] = ("real", "randX")
     width: float = 0.25  # CNN width multiplier (1.0 = the paper's 200 channels)
     epochs: int = 12
     batch_size: int = 128
@@ -87,7 +87,8 @@ def measure(model: nn.Module, x: Tensor, y: Tensor, radius: Tensor, cfg: BatchNo
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]]:
-    cfg, run = parse_config(BatchNormCheckConfig, QUICK, __doc__.split("\n")[0], argv)
+    cfg, run = parse_config(BatchNormCheckConfig, QUICK, __doc__.split("\n")[0], argv, figure="fig9_batchnorm")
+    progress = Progress("[fig9_batchnorm]", len(cfg.variants), "run")
     kw = dict(batch_size=cfg.batch_size, seed=cfg.seed, subset=cfg.subset or None, subset_mode="random")
     clean = make_datamodule(cfg.dataset, cfg.data_dir, "real", **kw)
     clean.prepare_data()
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, dict[str, float]]
         model = build_classifier("cnn", dm, seed=cfg.seed, width=cfg.width, lr=cfg.lr, momentum=cfg.momentum,
                                  lr_halving_epochs=cfg.lr_halving_epochs or None)
         metrics = fit(run, "fig9_batchnorm", variant, cfg, dm, model, cfg.epochs)
+        progress.update(cfg.variants.index(variant) + 1, f"{variant} trained")
         if not metrics.is_global_zero:
             continue
         net = model.network.cpu().eval()

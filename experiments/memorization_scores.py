@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from common import noisy_datamodule, parse_config
+from common import Dataset, Progress, noisy_datamodule, parse_config, torch_device
 from torch import nn
 
 from memo_callbacks.functional import init_mlp_params, memorization_scores
@@ -34,7 +34,7 @@ SIGNALS = ("forgetting", "aum", "confidence")
 
 @dataclass
 class MemorizationConfig:
-    dataset: str = "digits"  # the datamodule (digits: 1,500 training images, offline)
+    dataset: Dataset = "digits"  # digits: 1,500 training images, offline
     data_dir: str = "./data"
     fractions: tuple[float, ...] = (0.2, 0.4)  # random-label (randY) fractions of the training set
     seeds: tuple[int, ...] = (0, 1, 2)  # each seeds the noise, the subsets, the initialisations and the data orders
@@ -100,8 +100,10 @@ def main(argv: list[str] | None = None) -> dict:
     from scipy.stats import spearmanr
     from sklearn.metrics import roc_auc_score
 
-    cfg, run = parse_config(MemorizationConfig, QUICK, __doc__.split("\n")[0], argv)
-    device = torch.device("cuda" if run.gpus > 0 and torch.cuda.is_available() else "cpu")
+    cfg, run = parse_config(MemorizationConfig, QUICK, __doc__.split("\n")[0], argv, figure="memorization_scores",
+                            single_process="its E models train as one vectorised ensemble, outside a Trainer")
+    device = torch_device(run)
+    progress = Progress("[memorization_scores]", len(cfg.fractions) * len(cfg.seeds), "run")
     out = Path(run.out) / "memorization_scores"
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "run": asdict(run), "torch": torch.__version__},
@@ -134,6 +136,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                       "cscore_stderr": s.cscore_stderr.cpu()}
             print(f"[memorization_scores] randY {fraction:g} seed {seed}: mem clean {row['mem_clean']:.3f} noisy "
                   f"{row['mem_noisy']:.3f}; AUROC " + ", ".join(f"{k} {row[f'auroc_{k}']:.3f}" for k in DIRECTIONS))
+            progress.update(len(rows), f"randY {fraction:g} seed {seed} done")
     torch.save(saved, out / "scores.pt")
     (out / "results.json").write_text(json.dumps(rows, indent=2))
     table = _table(rows, cfg)

@@ -15,18 +15,29 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import build_classifier, fit, noisy_datamodule, parse_config, plot_panels, seed_band
+from common import (
+    Dataset,
+    Model,
+    NoiseKind,
+    Progress,
+    build_classifier,
+    fit,
+    noisy_datamodule,
+    parse_config,
+    plot_panels,
+    seed_band,
+)
 
 from memo_callbacks import CriticalSampleRatio, LASSConfig
 
 
 @dataclass
 class NoiseLevelConfig:
-    dataset: str = "cifar10"  # mnist | cifar10 | cifar10-jpg | digits
+    dataset: Dataset = "cifar10"
     data_dir: str = "./data"
-    noises: tuple[str, ...] = ("randY", "randX")  # both noise kinds, as each of the paper's two figures
+    noises: tuple[NoiseKind, ...] = ("randY", "randX")  # both noise kinds, as each of the paper's two figures
     fractions: tuple[float, ...] = (0.0, 0.2, 0.4, 0.6, 0.8)
-    model: str = "cnn"
+    model: Model = "cnn"
     width: float = 1.0
     hidden: tuple[int, ...] = (4096, 4096)
     epochs: int = 60
@@ -53,12 +64,10 @@ KINDS = {"randY": "random_labels", "randX": "random_inputs"}
 def run(figure: str, config_cls: type[NoiseLevelConfig], argv: list[str] | None, description: str) -> dict:
     """Train every (noise kind, fraction, seed); returns ``{kind: {fraction: [EpochMetrics per seed]}}`` (the 0%
     runs appear under every kind) and writes ``<out>/<figure>/<figure>.png``."""
-    cfg, args = parse_config(config_cls, QUICK, description, argv)
-    unknown = sorted(set(cfg.noises) - set(KINDS))
-    if unknown or not cfg.noises:
-        raise SystemExit(f"--noises must be among {sorted(KINDS)}, got {list(cfg.noises)}")
-    if not cfg.seeds:
-        raise SystemExit("--seeds needs at least one seed")
+    cfg, args = parse_config(config_cls, QUICK, description, argv, figure=figure)
+    noisy = sum(1 for f in cfg.fractions if f)  # the 0% runs are shared by both kinds: trained once per seed
+    trained = len(cfg.seeds) * (len(cfg.noises) * noisy + (noisy < len(cfg.fractions)))
+    progress, done = Progress(f"[{figure}]", trained, "run"), 0
     results: dict[str, dict[float, list]] = {kind: {} for kind in cfg.noises}
     csr_curves: dict[str, dict[float, list]] = {kind: {} for kind in cfg.noises}
     clean: dict[int, tuple] = {}  # seed -> (metrics, csr curve) of the shared 0% run
@@ -70,6 +79,8 @@ def run(figure: str, config_cls: type[NoiseLevelConfig], argv: list[str] | None,
                     metrics, curve = clean[seed]
                 else:
                     metrics, curve = _one_run(figure, cfg, args, kind, fraction, seed)
+                    done += 1
+                    progress.update(done, f"{kind if fraction else 'real'} {fraction:.0%} seed {seed} done")
                     if fraction == 0:
                         clean[seed] = (metrics, curve)
                 results[kind].setdefault(fraction, []).append(metrics)

@@ -15,8 +15,9 @@ each batch that flipped (``train/adv_flipped`` every step, ``train/critical`` pe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
-from common import build_classifier, fit, make_datamodule
+from common import Dataset, Model, Progress, build_classifier, fit, make_datamodule
 
 from memo_callbacks import LASSConfig
 
@@ -33,11 +34,14 @@ REGULARISERS = {
 }
 
 
+Regulariser = Literal["dropout", "input_dropout", "input_noise", "hidden_noise", "weight_decay", "adversarial"]
+
+
 @dataclass
 class RegulariserConfig:
-    dataset: str = "cifar10"
+    dataset: Dataset = "cifar10"
     data_dir: str = "./data"
-    model: str = "cnn"
+    model: Model = "cnn"
     width: float = 1.0
     hidden: tuple[int, ...] = (4096, 4096)
     epochs: int = 60
@@ -46,7 +50,7 @@ class RegulariserConfig:
     momentum: float = 0.9
     lr_halving_epochs: int = 15
     subset: int = 0
-    regularisers: tuple[str, ...] = ("dropout", "input_dropout", "input_noise", "hidden_noise", "weight_decay",
+    regularisers: tuple[Regulariser, ...] = ("dropout", "input_dropout", "input_noise", "hidden_noise", "weight_decay",
                                      "adversarial")
     # Strengths per regulariser, within the paper's ranges (its grids are not stated). 0 is the shared baseline.
     dropout: tuple[float, ...] = (0.1, 0.3, 0.5, 0.7, 0.9)
@@ -71,6 +75,7 @@ def sweep(figure: str, cfg: RegulariserConfig, args, strengths: dict[str, tuple[
     (strength 0) once. Returns ``{(regulariser, strength): {"real": EpochMetrics, "randY": EpochMetrics}}``."""
     runs: dict = {}
     baseline = None
+    progress, trained = Progress(f"[{figure}]", 2 * (1 + sum(len(v) for v in strengths.values())), "run"), 0
     for reg, values in strengths.items():
         if reg not in REGULARISERS:
             raise SystemExit(f"unknown regulariser {reg!r}; expected one of {sorted(REGULARISERS)}")
@@ -90,6 +95,8 @@ def sweep(figure: str, cfg: RegulariserConfig, args, strengths: dict[str, tuple[
                 name = "baseline" if strength == 0 else f"{reg}_{strength:g}"
                 pair[variant] = fit(args, figure, f"{name}/{variant}", cfg, dm, model, cfg.epochs,
                                     regulariser=reg, strength=strength, variant=variant)
+                trained += 1
+                progress.update(trained, f"{name}/{variant} done")
             runs[(reg, strength)] = pair
             if strength == 0.0:
                 baseline = pair

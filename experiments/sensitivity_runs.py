@@ -16,6 +16,7 @@ minibatches, and ``LossSensitivity(mode="unrolled", window=...)`` replays the la
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -55,8 +56,9 @@ def _network(dm: NoisyDataModule, hidden: tuple[int, ...], g: torch.Generator) -
 
 def run_protocol(dm: NoisyDataModule, steps: int, *, hidden: tuple[int, ...], lr: float, batch_size: int,
                  window: int, measure_every: int, seed: int, per_class: bool = False, norm: Norm = "l1",
-                 engine: Engine = "functional") -> SensitivityRun:
-    """Train ``steps`` SGD steps on ``dm``'s training set and measure the last ``window`` of them."""
+                 engine: Engine = "functional", progress: Callable[[int], None] | None = None) -> SensitivityRun:
+    """Train ``steps`` SGD steps on ``dm``'s training set and measure the last ``window`` of them; ``progress``
+    (functional engine) is called with the number of steps done after each step."""
     if engine == "callback":
         return _run_callback(dm, steps, hidden=hidden, lr=lr, batch_size=batch_size, window=window,
                              measure_every=measure_every, seed=seed, per_class=per_class, norm=norm)
@@ -82,6 +84,8 @@ def run_protocol(dm: NoisyDataModule, steps: int, *, hidden: tuple[int, ...], lr
         opt.zero_grad(set_to_none=True)
         torch.nn.functional.cross_entropy(net(x[idx]), y[idx]).backward()
         opt.step()
+        if progress is not None:
+            progress(step + 1)
     window_ = recorder.window
     result = unrolled_sensitivity(net, window_.params, x, y, window_.batch_indices, lr=window_.lrs,
                                   measure_steps=sorted(measured), norm=norm, per_class=per_class,

@@ -121,7 +121,7 @@ def test_fig2_smoothness_matches_numpy_reference():
 
 
 def test_fig6_rejects_a_bad_cap(tmp_path):
-    with pytest.raises(SystemExit, match="--max-epochs must be >= 1, got 0"):
+    with pytest.raises(SystemExit, match="--max-epochs must be an int >= 1, got 0"):
         load("fig6").main(["--dataset", "digits", "--max-epochs", "0", "--out", str(tmp_path)])
 
 
