@@ -4,5 +4,8 @@ from memo_callbacks.critical_sample_ratio import CriticalSampleRatio
 from memo_callbacks.example_dynamics import DynamicsHistory, ExampleDynamics
 from memo_callbacks.functional.lass import LASSConfig
 from memo_callbacks.loss_sensitivity import LossSensitivity
+from memo_callbacks.utilities.with_index import WithIndex
 
-__all__: list[str] = ["CriticalSampleRatio", "DynamicsHistory", "ExampleDynamics", "LASSConfig", "LossSensitivity"]
+__all__: list[str] = [
+    "CriticalSampleRatio", "DynamicsHistory", "ExampleDynamics", "LASSConfig", "LossSensitivity", "WithIndex",
+]

@@ -15,6 +15,7 @@ from torch.utils.data import default_collate
 from datamodules.checks import check_bool, check_callable, check_int, is_real
 from memo_callbacks.functional.lass import LASSConfig, lass, pixels_to_input_units
 from memo_callbacks.utilities import BatchAdapter, all_reduce_sum, find_tensorboard, rank_shard, unpack_batch
+from memo_callbacks.utilities.tensorboard import add_epoch_layout, log_epoch_scalars
 
 
 @dataclass
@@ -42,7 +43,10 @@ class CriticalSampleRatio(Callback):
       the same with or without the screen; a network the bounds do not support is searched whole, certifying none);
 
     and, with ``train=True``, the same for a seeded subset of the training set (``csr/train``), split into
-    ``csr/train_clean`` and ``csr/train_noisy`` when the datamodule says which examples are noisy.
+    ``csr/train_clean`` and ``csr/train_noisy`` when the datamodule (or the batches' ``noisy`` flags, as
+    :class:`~memo_callbacks.WithIndex` gives them) says which examples are noisy. Lightning logs these at the global
+    step; with a TensorBoard logger each is also written against the epoch as ``by_epoch/csr/...`` (``step`` =
+    epoch), and the "Custom Scalars" dashboard groups them.
 
     **Where the data comes from.** If ``trainer.datamodule`` holds the split as tensors (``val_x``/``val_y``,
     ``train_x``/``train_y``, as the datamodules of this project do), the subset is indexed from them directly.
@@ -154,9 +158,12 @@ class CriticalSampleRatio(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self.unit == "pixel" and self.input_std is None and not _has(trainer.datamodule, "std"):
             raise ValueError(
-                "CriticalSampleRatio(unit='pixel') needs the inputs' per-channel std to convert pixel units: pass "
-                "`input_std=[...]` (and `pixel_scale`), use a datamodule with a `std` attribute, or give the "
-                "parameters in model-input units with `lass=LASSConfig(unit='input', ...)`"
+                "CriticalSampleRatio(unit='pixel') needs the inputs' per-channel std to convert pixel units (the "
+                "default LASSConfig's radius 0.3 is on the 0-255 pixel scale) and there is no datamodule with a "
+                "`std` attribute: pass `input_std=[...]` (the std of each input channel, e.g. [1.0] for unnormalised "
+                "inputs, and `pixel_scale`, one pixel in input units, default 1/255), or give the radius, step size "
+                "and noise in model-input units with `lass=LASSConfig(unit='input', radius=..., step_size=..., "
+                "noise_std=...)`"
             )
         if isinstance(self.clip, str) and not _has(trainer.datamodule, "input_bounds"):
             raise ValueError(
@@ -200,6 +207,9 @@ class CriticalSampleRatio(Callback):
         for key, value in entry.items():
             if key.startswith("csr/"):
                 pl_module.log(key, float(value), on_step=False, on_epoch=True, sync_dist=False)
+        # the same values against the epoch (rank zero, TensorBoard only): by_epoch/csr/...
+        log_epoch_scalars(trainer, {k: v for k, v in entry.items() if k.startswith("csr/")}, entry["epoch"])
+        add_epoch_layout(trainer, "memorization: csr", _epoch_charts([s.name for s in splits], self.certify))
 
     def _search(self, pl_module: LightningModule, split: _Split, dm: Any) -> tuple[Tensor, Tensor]:
         x = split.x
@@ -313,6 +323,15 @@ class CriticalSampleRatio(Callback):
             low, high = self.clip
         shape = (-1, *([1] * (x.dim() - 2)))
         return tuple(torch.as_tensor(b, dtype=torch.float32).cpu().reshape(shape) for b in (low, high))  # [C, 1, ..]
+
+
+def _epoch_charts(splits: Sequence[str], certify: bool) -> dict[str, list[str]]:
+    """The custom-scalars charts of the ``by_epoch/csr/*`` tags (see :func:`add_epoch_layout`)."""
+    ratios = [f"csr/{name}{part}" for name in splits for part in ("", "_clean", "_noisy")]
+    charts = {"critical sample ratio": ratios, "LASS steps to a flip": [f"csr/{name}_iterations" for name in splits]}
+    if certify:
+        charts["certified non-critical"] = [f"csr/{name}_certified" for name in splits]
+    return charts
 
 
 def _ratio(num: Tensor, den: Tensor) -> float:

@@ -31,6 +31,7 @@ from memo_callbacks.utilities import (
     unpack_batch,
 )
 from memo_callbacks.utilities.files import callback_dir, check_plain_name, unclaimed_path
+from memo_callbacks.utilities.tensorboard import add_epoch_layout, log_epoch_scalars
 
 DynamicsMode = Literal["eval_pass", "train_step"]
 _MODES = ("eval_pass", "train_step")
@@ -95,8 +96,10 @@ class ExampleDynamics(Callback):
 
     Logged per recorded epoch (``step`` = epoch) to every logger: ``{name}/fit_{all,clean,noisy}`` (fraction of the
     examples fitted now), ``{name}/learned_{all,clean,noisy}`` (fraction ever fitted),
-    ``{name}/loss_{all,clean,noisy}`` (mean loss); to TensorBoard also histograms ``{name}/first_learned_epoch``
-    (and ``_clean`` / ``_noisy``). Groups that are empty are not logged. At the end of fitting the whole
+    ``{name}/loss_{all,clean,noisy}`` (mean loss); to TensorBoard also the same scalars as
+    ``by_epoch/{name}/...`` (beside the other callbacks' epoch curves, grouped in the "Custom Scalars" dashboard) and
+    histograms ``{name}/first_learned_epoch`` (and ``_clean`` / ``_noisy``). Groups that are empty are not logged.
+    At the end of fitting the whole
     :class:`DynamicsHistory` (plus ``first_learned`` and ``learned_for_good``) is saved with :func:`torch.save` to
     ``{log_dir}/{name}/{filename}``: ``log_dir`` is the logger's log folder, or the Trainer's ``default_root_dir``
     without a logger (Lightning's default for that is the current directory: pass ``default_root_dir`` to put it
@@ -310,8 +313,9 @@ class ExampleDynamics(Callback):
         parsed = unpack_batch(batch, self.batch_adapter)
         if parsed.index is None:
             raise RuntimeError(
-                "ExampleDynamics needs the dataset index of every example: batches must be (x, y, index[, noisy]) "
-                "(e.g. datamodules.NoisyBatch) or a dict with an 'index' key, or pass `batch_adapter`"
+                "ExampleDynamics needs the dataset index of every example, got a batch without one: batches must be "
+                "(x, y, index[, noisy]) (e.g. datamodules.NoisyBatch) or a dict with an 'index' key; wrap a plain "
+                "(x, y) dataset as `memo_callbacks.WithIndex(dataset)` before its DataLoader, or pass `batch_adapter`"
             )
         return parsed
 
@@ -411,6 +415,11 @@ class ExampleDynamics(Callback):
                     metrics[f"{self.name}/{key}_{group}"] = value
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=epoch)
+        log_epoch_scalars(trainer, metrics, epoch)  # also under by_epoch/, beside the other callbacks' epoch curves
+        add_epoch_layout(trainer, f"memorization: {self.name}", {
+            f"{what} (all, clean, noisy)": [f"{self.name}/{key}_{group}" for group in ("all", "clean", "noisy")]
+            for key, what in (("fit", "fitted now"), ("learned", "ever fitted"), ("loss", "mean loss"))
+        })
         writer = find_tensorboard(trainer) if self.log_histogram and trainer.is_global_zero else None
         if writer is None:
             return

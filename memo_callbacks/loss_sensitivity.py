@@ -24,6 +24,8 @@ from memo_callbacks.functional.unrolled import SGDRule, SGDTrajectoryRecorder, u
 from datamodules.checks import check_bool, check_callable, check_int
 from memo_callbacks.utilities import BatchAdapter, all_reduce_sum, find_tensorboard, preserved_state, rank_shard, unpack_batch
 from memo_callbacks.utilities.files import callback_dir, check_plain_name, unclaimed_path
+from memo_callbacks.utilities.tensorboard import add_epoch_layout, log_epoch_scalars
+from memo_callbacks.utilities.with_index import find_noisy_mask
 
 Mode = Literal["proxy", "unrolled"]
 
@@ -73,7 +75,10 @@ class LossSensitivity(Callback):
     unrolled mode every training example counts (with 0 if it took no part in the window).
 
     At every measured epoch end it logs ``{prefix}/gini`` (and ``{prefix}/gini_clean``, ``{prefix}/gini_noisy``
-    when ``trainer.datamodule.noisy_mask`` exists), a histogram ``{prefix}/g_bar`` and, in unrolled mode with
+    when ``trainer.datamodule.noisy_mask`` exists, or the training dataset is a :class:`~memo_callbacks.WithIndex`
+    with ``noisy`` flags), the same Gini coefficients against the epoch as ``by_epoch/{prefix}/gini*`` (TensorBoard,
+    ``step`` = epoch), histograms ``{prefix}/g_bar`` (and ``{prefix}/g_bar_clean``, ``{prefix}/g_bar_noisy``) and,
+    in unrolled mode with
     ``per_class``, the matrix ``{prefix}/per_class`` as a heatmap with a log colour scale, and saves the tensors to
     ``{log_dir}/{prefix}/epoch=E.pt``: ``log_dir`` is the logger's log folder, or the Trainer's ``default_root_dir``
     without a logger (Lightning's default for that is the current directory, as for its checkpoints: pass
@@ -224,8 +229,9 @@ class LossSensitivity(Callback):
         parsed = unpack_batch(batch, self.batch_adapter)
         if parsed.index is None:
             raise ValueError(
-                "LossSensitivity needs the dataset index of every example: batches must be (x, y, index[, noisy]) "
-                "or a dict with 'index' (or pass `batch_adapter`)"
+                "LossSensitivity needs the dataset index of every example, got a batch without one: batches must be "
+                "(x, y, index[, noisy]) or a dict with 'index'; wrap a plain (x, y) dataset as "
+                "`memo_callbacks.WithIndex(dataset)` before its DataLoader, or pass `batch_adapter`"
             )
         if not parsed.x.is_floating_point():
             raise TypeError(f"LossSensitivity needs floating-point inputs, got batch.x of dtype {parsed.x.dtype}")
@@ -510,7 +516,7 @@ class LossSensitivity(Callback):
         if not bool(seen.any()):
             return
         record = {"epoch": float(trainer.current_epoch), "gini": gini(g_bar[seen])}
-        noisy = getattr(getattr(trainer, "datamodule", None), "noisy_mask", None)
+        noisy = find_noisy_mask(trainer)  # the datamodule's noisy_mask, else that of a WithIndex training dataset
         if isinstance(noisy, Tensor) and noisy.numel() == n:
             noisy = noisy.cpu().bool()
             for name, part in (("gini_clean", seen & ~noisy), ("gini_noisy", seen & noisy)):
@@ -520,15 +526,26 @@ class LossSensitivity(Callback):
         for name, value in record.items():
             if name != "epoch":
                 pl_module.log(f"{self.prefix}/{name}", value, on_step=False, on_epoch=True, sync_dist=False)
+        scalars = {f"{self.prefix}/{name}": value for name, value in record.items() if name != "epoch"}
+        log_epoch_scalars(trainer, scalars, trainer.current_epoch)  # by_epoch/sensitivity/gini*, step = epoch
+        add_epoch_layout(trainer, f"memorization: {self.prefix}", {"Gini of g_bar": sorted(scalars)})
         folder = callback_dir(trainer, self.prefix)  # a broadcast under DDP: every rank must ask
         if trainer.is_global_zero:
-            self._write(trainer, folder, g_bar, counts, self.last_class_matrix)
+            mask = noisy if isinstance(noisy, Tensor) and noisy.numel() == n else None
+            self._write(trainer, folder, g_bar, counts, self.last_class_matrix, mask)
 
-    def _write(self, trainer: pl.Trainer, folder: Path, g_bar: Tensor, counts: Tensor, matrix: Tensor | None) -> None:
+    def _write(
+        self, trainer: pl.Trainer, folder: Path, g_bar: Tensor, counts: Tensor, matrix: Tensor | None,
+        noisy: Tensor | None = None,
+    ) -> None:
         step = trainer.global_step
         writer = find_tensorboard(trainer)
         if writer is not None:
             writer.add_histogram(f"{self.prefix}/g_bar", g_bar[counts > 0], step)
+            if noisy is not None:  # [N] bool: g_bar of the clean and of the noisy examples drawn this epoch
+                for part, mask in (("clean", ~noisy), ("noisy", noisy)):
+                    if bool((mask & (counts > 0)).any()):
+                        writer.add_histogram(f"{self.prefix}/g_bar_{part}", g_bar[mask & (counts > 0)], step)
             if matrix is not None:
                 writer.add_figure(f"{self.prefix}/per_class", _heatmap(matrix), step)
         folder.mkdir(parents=True, exist_ok=True)
