@@ -451,7 +451,7 @@ def _crown_intermediate(ops, bounds, crown_neurons: int, budget: int) -> list[tu
         if not ops[k].affine and ops[k - 1].affine:
             shape = ops[k].in_shape
             neurons = math.prod(shape)
-            if neurons <= crown_neurons:
+            if neurons <= crown_neurons and not all(op.affine for op in ops[:k]):  # (affine only: IBP is exact)
                 bsz = bounds[0][0].shape[0]
                 width = max(math.prod(op.in_shape) for op in ops[:k])
                 chunk = max(1, budget // (2 * neurons * width))
