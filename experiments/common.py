@@ -619,7 +619,7 @@ def save_config(trainer: pl.Trainer, config: Any, run: RunArgs, **extra: Any) ->
     path = Path(trainer.logger.log_dir)
     path.mkdir(parents=True, exist_ok=True)
     blob = {"config": dataclasses.asdict(config), "run": dataclasses.asdict(run), "torch": torch.__version__,
-            "lightning": pl.__version__, **extra}
+            "lightning": pl.__version__, "world_size": trainer.world_size, **extra}
     (path / "config.json").write_text(json.dumps(blob, indent=2, default=str))
 
 
