@@ -334,7 +334,7 @@ dm = NoisyDigits(noise="random_labels", noise_fraction=0.5, subset=128, batch_si
 
 def run(root, ckpt=None):
     proxy = LossSensitivity(mode="proxy")
-    unrolled = LossSensitivity(mode="unrolled", window=6, measure_every=1, per_class=True)
+    unrolled = LossSensitivity(mode="unrolled", window=6, measure_every=1, per_class=True, prefix="unrolled")
     saver = pl.callbacks.ModelCheckpoint(dirpath=f"{root}/ckpt", save_top_k=-1, filename="{epoch}")
     trainer = pl.Trainer(strategy="ddp" if DEVICES > 1 else "auto", accelerator="cpu", devices=DEVICES, max_epochs=3,
                          logger=False, enable_progress_bar=False, enable_model_summary=False,
