@@ -389,6 +389,9 @@ def parse_config(config_cls: type[C], quick: dict[str, Any], description: str, a
             except (TypeError, ValueError) as e:
                 parser.error(str(e).replace("`", ""))
     config, run = config_cls(**values), RunArgs(**run_values)
+    data_dir = getattr(config, "data_dir", None)
+    if isinstance(data_dir, str) and Path(data_dir).exists() and not Path(data_dir).is_dir():
+        parser.error(f"--data-dir {data_dir!r} is a file, not a folder")
     run = _check_devices(parser, run, explicit, script, single_process, argv)
     _check_out(parser, run.out)
     if figure is not None and is_rank_zero():
@@ -513,6 +516,16 @@ class Progress:
     ``max(1, total // blocks)`` units and at the end, each with the elapsed time and the expected duration of the
     whole job (elapsed / done * total). Prints on rank 0 only.
 
+    Args:
+        prefix: the start of every line, e.g. ``"[fig9] real"``.
+        total: units of work in the job.
+        unit: their name (``"epoch"``, ``"step"``, ``"run"``).
+        stream: where to print (default: ``sys.stdout``).
+        bar: a bar when ``stream`` is a terminal (lines otherwise).
+        blocks: lines per job (besides the first), at most.
+        quiet_below: a job expected, after its first unit, to take less than this many seconds prints nothing
+            (short runs: the line per condition is enough).
+
     Example:
         >>> import io
         >>> p = Progress("[fig0] real", 4, "epoch", stream=io.StringIO(), blocks=2)
@@ -522,14 +535,16 @@ class Progress:
     """
 
     def __init__(self, prefix: str, total: int, unit: str, *, stream: TextIO | None = None, bar: bool = False,
-                 blocks: int = 10) -> None:
+                 blocks: int = 10, quiet_below: float = 0.0) -> None:
         self.prefix, self.total, self.unit = prefix, max(1, int(total)), unit
         self.stream = stream if stream is not None else sys.stdout
         self.bar = bar and self.stream.isatty()
         self.every = max(1, self.total // max(1, blocks))
+        self.quiet_below = quiet_below
         self.enabled = is_rank_zero()
         self.start = time.perf_counter()
         self._last_bar = 0.0
+        self._first = True
 
     def update(self, done: int, note: str = "") -> None:
         """``done`` units finished (of ``total``); ``note`` is appended to the line."""
@@ -537,7 +552,13 @@ class Progress:
             return
         elapsed = time.perf_counter() - self.start
         expected = elapsed / max(done, 1) * self.total
-        tail = f"{format_duration(elapsed)} elapsed, ~{format_duration(expected)} expected" + (f"; {note}" if note else "")
+        if self._first:
+            self._first = False
+            if expected < self.quiet_below:
+                self.enabled = False
+                return
+        tail = f"{format_duration(elapsed)} elapsed, ~{format_duration(expected)} expected"
+        tail += f"; {note}" if note else ""
         if self.bar:
             now = time.perf_counter()
             if done < self.total and now - self._last_bar < 0.2:
@@ -553,7 +574,6 @@ class Progress:
             print(f"{self.prefix}{sep}{self.unit} {done}/{self.total} ({done / self.total:.0%}), {tail}",
                   file=self.stream, flush=True)
 
-
     def print(self, message: str) -> None:
         """Print a line of the job's own (a result) without tearing the bar: it is redrawn at the next update."""
         if self.bar and self.enabled:
@@ -564,15 +584,16 @@ class Progress:
 
 class EpochProgress(pl.Callback):
     """A :class:`Progress` line per block of training epochs (the first epoch gives the first estimate), for runs
-    without Lightning's bar (output to a file or a pipe)."""
+    without Lightning's bar (output to a file or a pipe); silent for a run expected to take under ``quiet_below``
+    seconds."""
 
-    def __init__(self, prefix: str, blocks: int = 10) -> None:
-        self.prefix, self.blocks = prefix, blocks
+    def __init__(self, prefix: str, blocks: int = 10, quiet_below: float = 20.0) -> None:
+        self.prefix, self.blocks, self.quiet_below = prefix, blocks, quiet_below
         self._progress: Progress | None = None
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         total = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
-        self._progress = Progress(self.prefix, total, "epoch", blocks=self.blocks)
+        self._progress = Progress(self.prefix, total, "epoch", blocks=self.blocks, quiet_below=self.quiet_below)
         self._progress.enabled = trainer.is_global_zero
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -102,6 +102,12 @@ def test_out_must_be_creatable(tmp_path, capsys, no_data_work):
     assert got.startswith(f"--out {str(blocker / 'runs')!r} cannot be created (") and "pass a folder" in got
 
 
+def test_data_dir_must_be_a_folder(tmp_path, capsys, no_data_work):
+    (tmp_path / "data").write_text("not a folder")
+    got = usage_error("fig5", ["--quick", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path)], capsys)
+    assert got == f"--data-dir {str(tmp_path / 'data')!r} is a file, not a folder"
+
+
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write to any folder")
 def test_out_must_be_writable(tmp_path, capsys, no_data_work):
     locked = tmp_path / "locked"
@@ -180,7 +186,7 @@ def test_fig9_trains_under_cpu_ddp_from_the_command_line(tmp_path):
     assert config["world_size"] == 2 and config["run"]["devices"] == 2 and config["run"]["accelerator"] == "cpu"
     assert len(list((out / "fig9" / "real").glob("version_*"))) == 1  # one run folder: rank 0 logs, once
     assert proc.stdout.count("[fig9] figure:") == 1 and proc.stdout.count("[fig9] real seed 0: CSR") == 1
-    assert re.search(r"\[fig9\] real: epoch 1/2 \(50%\), .* elapsed, ~.* expected", proc.stdout)
+    assert re.search(r"\[fig9\] run 1/1 \(100%\), .* elapsed, ~.* expected; real done", proc.stdout)
     assert (out / "fig9" / "fig9.png").is_file()
     for banner in ("GPU available", "💡 Tip", "`Trainer.fit` stopped", "log_every_n_steps"):
         assert banner not in proc.stdout + proc.stderr, banner
@@ -258,6 +264,35 @@ def test_progress_lines_have_elapsed_and_expected_time(monkeypatch):
     assert [int(re.search(r"epoch (\d+)/10", line).group(1)) for line in lines] == [1, 2, 4, 6, 8, 10]
     assert lines[0] == "[figX] real: epoch 1/10 (10%), 2.0 s elapsed, ~20 s expected"  # from the first epoch
     assert lines[-1] == "[figX] real: epoch 10/10 (100%), 20 s elapsed, ~20 s expected"
+
+
+def test_progress_of_a_short_job_is_quiet(monkeypatch):
+    import io
+
+    clock = iter([0.0, 1.0, 2.0, 3.0])
+    monkeypatch.setattr(common.time, "perf_counter", lambda: next(clock))
+    stream = io.StringIO()
+    p = common.Progress("[figX] real", 3, "epoch", stream=stream, quiet_below=20.0)  # 1 s an epoch: ~3 s
+    for done in range(1, 4):
+        p.update(done)
+    assert stream.getvalue() == ""
+
+
+def test_epoch_lines_of_a_long_run(tmp_path, capsys):
+    """Lightning's bar is off when stderr is not a terminal; EpochProgress prints the epochs instead."""
+    fig = load("fig9")
+    run = common.RunArgs(accelerator="cpu", out=str(tmp_path))
+    trainer = common.make_trainer(run, "figX", "real", 3, [])
+    assert not trainer.progress_bar_callback  # pytest's stderr is no terminal
+    (progress,) = [c for c in trainer.callbacks if isinstance(c, common.EpochProgress)]
+    progress.quiet_below = 0.0
+    dm = fig.make_datamodule("digits", str(tmp_path), "real", batch_size=256, subset=200, subset_mode="random")
+    model = fig.build_classifier("mlp", dm, seed=0, hidden=(8,))
+    with common.quiet_lightning():
+        trainer.fit(model, dm)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[figX] real: epoch")]
+    assert [line.split(" (")[0] for line in lines] == [f"[figX] real: epoch {k}/3" for k in (1, 2, 3)]
+    assert all(re.search(r"\(\d+%\), [\d.]+ s elapsed, ~[\d.]+ s expected", line) for line in lines), lines
 
 
 def test_progress_bar_on_a_terminal_and_only_on_rank_zero(monkeypatch):
