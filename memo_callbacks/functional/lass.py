@@ -183,6 +183,25 @@ def pixels_to_input_units(value: float | Tensor, std: float | Tensor, pixel_scal
 
 
 # ---------------------------------------------------------------------------------------------------------- noise
+# The noise is counter-based: coordinate j of sample i at step t is a fixed function of (seed, id_i, t, j), so it
+# does not depend on the batch, the slot or the process a sample is searched in. The hashing is split in three so
+# that the per-step work over all coordinates is one 32-bit hash per pair of coordinates:
+#   once per search, per sample:      id key   = fmix32 chain of (seed, id)                       [N] int64
+#   once per search, per pair p:      counter  = lowbias32(p + 1)                                 [P] int32
+#   per step, per sample:             step key = fmix32(id key + t * golden)                      [B] int64
+#   per step, per sample and pair:    h        = lowbias32(step key ^ counter)                    [B, P] int32
+# and Box-Muller turns the two 16-bit halves of h into the normals of coordinates p and p + P (P = ceil(numel / 2)).
+_M1, _M2 = 0x7FEB352D, 0x846CA68B  # lowbias32's multipliers (Wellons' hash prospector: bias 0.17)
+
+
+def _as_int32(c: int) -> int:
+    """The int32 of the 32-bit pattern ``c``."""
+    return c - (1 << 32) if c >= 1 << 31 else c
+
+
+_M1_32, _M2_32 = _as_int32(_M1), _as_int32(_M2)
+
+
 def _fmix32(h: Tensor) -> Tensor:
     """murmur3's 32-bit finaliser on int64 tensors holding 32-bit values (products wrap; the mask keeps 32 bits)."""
     h = h ^ (h >> 16)
@@ -192,60 +211,60 @@ def _fmix32(h: Tensor) -> Tensor:
     return h ^ (h >> 16)
 
 
-def _stream_keys(seed: int, sample_ids: Tensor, step: Tensor | int) -> Tensor:
-    """``[B]`` one 32-bit key per (seed, sample id, step), in int64."""
+def _lowbias32(h: Tensor) -> Tensor:
+    """Wellons' lowbias32 integer hash on int32 tensors: products wrap modulo 2^32 (two's complement, on CPU and
+    CUDA alike) and each right shift is made logical by a mask (torch's ``>>`` is arithmetic on signed ints)."""
+    h = h ^ ((h >> 16) & 0xFFFF)
+    h = h * _M1_32
+    h = h ^ ((h >> 15) & 0x1FFFF)
+    h = h * _M2_32
+    return h ^ ((h >> 16) & 0xFFFF)
+
+
+def _id_keys(seed: int, sample_ids: Tensor) -> Tensor:
+    """``[N]`` one 32-bit key per (seed, sample id), in int64 (computed once per search)."""
     ids = sample_ids.long()
-    step = torch.as_tensor(step, dtype=torch.int64, device=ids.device)
     h = _fmix32(torch.full_like(ids, (seed & _MASK32) ^ ((seed >> 32) & _MASK32) * 0x27D4EB2F & _MASK32))
     h = _fmix32(h ^ (ids & _MASK32))
-    h = _fmix32(h ^ ((ids >> 32) & _MASK32))
-    return _fmix32((h + step * _GOLDEN) & _MASK32)
+    return _fmix32(h ^ ((ids >> 32) & _MASK32))
 
 
-def _signed64(c: int) -> int:
-    return c - (1 << 64) if c >= 1 << 63 else c
-
-
-_SM_GAMMA, _SM_M1, _SM_M2 = (_signed64(c) for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB))
-
-
-def _shr(z: Tensor, s: int) -> Tensor:
-    """Logical right shift of int64 bit patterns (torch's ``>>`` is arithmetic)."""
-    return (z >> s) & ((1 << (64 - s)) - 1)
-
-
-def _normals(keys: Tensor, counters: Tensor, numel: int, dtype: torch.dtype) -> Tensor:
-    """``[B, numel]`` standard normals from ``[B]`` keys and ``[numel / 2 rounded up]`` counter offsets.
-
-    One splitmix64 finaliser per pair of coordinates (int64 products wrap modulo 2^64 on CPU and CUDA) gives 48
-    bits: 24 for ``u1`` in (0, 1] and 24 for ``u2`` in [0, 1), turned into two normals by Box-Muller.
-    """
-    z = keys[:, None] + counters[None, :]  # [B, P]
-    z = (z ^ _shr(z, 30)) * _SM_M1
-    z = (z ^ _shr(z, 27)) * _SM_M2
-    z = z ^ _shr(z, 31)
-    u1 = (_shr(z, 40) + 1).to(dtype) * 2.0**-24
-    u2 = (z & 0xFFFFFF).to(dtype) * 2.0**-24
-    radius = torch.sqrt(-2.0 * torch.log(u1))
-    angle = (2.0 * math.pi) * u2
-    out = torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=2)  # [B, P, 2]
-    return out.flatten(1)[:, :numel]  # [B, 2P] -> [B, numel]
+def _step_keys(id_keys: Tensor, step: Tensor | int) -> Tensor:
+    """``[B]`` int32 keys of the (seed, id, step) streams from ``[B]`` id keys."""
+    step = torch.as_tensor(step, dtype=torch.int64, device=id_keys.device)
+    return _fmix32((id_keys + step * _GOLDEN) & _MASK32).to(torch.int32)  # to int32: keeps the 32-bit pattern
 
 
 def _counters(numel: int, device: torch.device) -> Tensor:
-    """``[P]`` the Weyl sequence ``(p + 1) * gamma`` (mod 2^64) of splitmix64, one per pair of coordinates."""
-    p = torch.arange(1, (numel + 1) // 2 + 1, dtype=torch.int64, device=device)
-    return p * _SM_GAMMA
+    """``[P]`` int32, P = ceil(numel / 2): the hashed counter of each pair of coordinates (computed once per search)."""
+    return _lowbias32(torch.arange(1, (numel + 1) // 2 + 1, dtype=torch.int32, device=device))
+
+
+def _normals(keys: Tensor, counters: Tensor, numel: int, dtype: torch.dtype) -> Tensor:
+    """``[B, numel]`` standard normals from ``[B]`` int32 step keys and ``[P]`` int32 pair counters.
+
+    One lowbias32 hash per pair: its high 16 bits give ``u1`` in (0, 1], its low 16 bits ``u2`` in [0, 1) (two
+    independent uniforms when the hash is uniform), and Box-Muller gives ``sqrt(-2 ln u1) * (cos, sin)(2 pi u2)``
+    for coordinates ``p`` and ``p + P``. The 16-bit ``u1`` bounds the normals by ``sqrt(32 ln 2) = 4.71``
+    (a standard normal exceeds that with probability 2.5e-6).
+    """
+    h = _lowbias32(keys[:, None] ^ counters[None, :])  # [B, P] int32
+    u1 = ((h >> 16) & 0xFFFF).to(dtype).add_(1.0).mul_(2.0**-16)
+    angle = (h & 0xFFFF).to(dtype).mul_(2.0 * math.pi * 2.0**-16)
+    radius = u1.log_().mul_(-2.0).sqrt_()
+    out = torch.cat([torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius)], dim=1)  # [B, 2P]
+    return out if out.shape[1] == numel else out[:, :numel]
 
 
 def lass_noise(seed: int, sample_ids: Tensor, step: int | Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
     """The noise ``eta`` LASS adds at ``step`` to each sample: ``[B, *shape]`` standard normals.
 
-    Coordinate ``j`` of sample ``i`` depends only on ``(seed, sample_ids[i], step, j)``: a murmur3 ``fmix32`` hash
-    chain gives one 32-bit key per (seed, id, step), a splitmix64 finaliser of ``key + (j // 2 + 1) * gamma`` gives
-    the bits of coordinates ``j`` and ``j ^ 1`` (integer arithmetic in int64: identical bits on CPU and CUDA), and
-    Box-Muller turns them into normals. ``step`` is an int
-    or a ``[B]`` tensor (one step per sample).
+    Coordinate ``j`` of sample ``i`` depends only on ``(seed, sample_ids[i], step, j)``: a murmur3 ``fmix32`` chain
+    gives one 32-bit key per (seed, id) and one per step, ``lowbias32(step key ^ lowbias32(p + 1))`` gives 32 bits
+    for the pair ``p = j mod P`` of coordinates ``p`` and ``p + P`` (``P = ceil(numel / 2)``), and Box-Muller turns
+    its two 16-bit halves into their normals (``|eta| <= 4.71``). Integer arithmetic only, in int32/int64: identical
+    bits on CPU and CUDA. ``step`` is an int or a ``[B]`` tensor (one step per sample). This is exactly the noise
+    :func:`lass` adds (it computes the same keys once per search instead of once per call).
 
     Example:
         >>> a = lass_noise(0, torch.tensor([3, 7]), 1, (2, 2))
@@ -253,7 +272,7 @@ def lass_noise(seed: int, sample_ids: Tensor, step: int | Tensor, shape: tuple[i
         True
     """
     numel = math.prod(shape)
-    keys = _stream_keys(check_seed(seed), sample_ids, step)
+    keys = _step_keys(_id_keys(check_seed(seed), sample_ids), step)
     return _normals(keys, _counters(numel, sample_ids.device), numel, dtype).reshape(-1, *shape)
 
 
@@ -474,6 +493,13 @@ def _no_autocast(device: torch.device):
     return contextlib.nullcontext()  # pragma: no cover
 
 
+#: Iterations between the checks of an accelerator search (the sync that retires finished samples and refills
+#: their slots); on CPU every iteration checks (a check costs no sync there).
+_SYNC_EVERY = 8
+#: Tests set this to run the accelerator path (device-side masks, a check every ``_SYNC_EVERY`` iterations) on CPU.
+_FORCE_DEVICE_PATH = False
+
+
 def _search(
     model: nn.Module, x: Tensor, sample_ids: Tensor, r: Tensor, alpha: Tensor, beta: Tensor, low: Tensor | None,
     high: Tensor | None, max_iter: int, seed: int, batch: int, return_adversarial: bool, model_dtype: torch.dtype,
@@ -486,8 +512,11 @@ def _search(
     low = low.to(**put) if low is not None else None
     high = high.to(**put) if high is not None else None
     use_noise = bool((beta != 0).any())
-    ids_all = sample_ids.to(device, torch.int64)
+    id_keys = _id_keys(seed, sample_ids.to(device, torch.int64))  # [N]: the noise keys, once per search
     counters = _counters(numel, device)
+    # On an accelerator a check (which rows finished?) is a host sync: check every `_SYNC_EVERY` iterations only,
+    # and in between freeze finished rows on the device (no step, no move), so results equal a check every step.
+    sync_every = _SYNC_EVERY if (device.type != "cpu" or _FORCE_DEVICE_PATH) else 1
 
     critical = torch.zeros(n, dtype=torch.bool, device=device)
     iterations = torch.full((n,), max_iter, dtype=torch.int64, device=device)
@@ -509,13 +538,17 @@ def _search(
         return clean, lo, hi
 
     # Slot state: rows [0, active) are live. `slot` holds each row's sample (index into x), `step` its number of
-    # completed steps (0 = the clean point, whose forward pass sets the reference).
+    # completed steps (0 = the clean point, whose forward pass sets the reference), `frozen` whether it finished
+    # (then `flip` says whether by a flip); a frozen row neither moves nor counts steps until the next check retires it.
     active = min(batch, n)
     slot = torch.arange(active, device=device)
     point, lo, hi = load(slot)
     step = torch.zeros(active, dtype=torch.int64, device=device)
     ref = torch.zeros(active, dtype=torch.int64, device=device)
+    frozen = torch.zeros(active, dtype=torch.bool, device=device)
+    flip = torch.zeros(active, dtype=torch.bool, device=device)
     queued = active  # next sample to start
+    tick = 0
 
     while active > 0:
         point.requires_grad_(True)
@@ -530,48 +563,62 @@ def _search(
         fresh = step == 0
         ref = torch.where(fresh, pred, ref)
         flipped = (pred != ref) & ~fresh  # the check of step `step` (the clean point cannot flip)
-        done = flipped | (step >= max_iter)
-        done_rows = done.nonzero().squeeze(1)  # one host sync per iteration: decides the refill
-        if done_rows.numel() < active:
+        finishing = (flipped | (step >= max_iter)) & ~frozen
+        flip = flip | (finishing & flipped)
+        frozen = frozen | finishing
+        tick += 1
+        check = tick % sync_every == 0
+        done_rows = frozen.nonzero().squeeze(1) if check else None  # the host sync: decides the refill
+        n_done = done_rows.numel() if check else 0
+        if n_done < active:
             loss = F.cross_entropy(logits, ref, reduction="sum")
             (grad,) = torch.autograd.grad(loss, point)
         point = point.detach()
 
-        if done_rows.numel() > 0:
+        if n_done > 0:
             finished = slot[done_rows]
-            critical[finished] = flipped[done_rows]
+            critical[finished] = flip[done_rows]
             iterations[finished] = step[done_rows]
             predicted[finished] = ref[done_rows]
             if adversarial is not None:
                 adversarial[finished] = point[done_rows]
-        if done_rows.numel() < active:  # rows that finished are stepped too, then replaced: cheaper than selecting
-            _ascend(point, grad, alpha, beta if use_noise else None, lo, hi, seed, ids_all[slot], step + 1, counters)
-        step = step + 1
-        if done_rows.numel() == 0:
+        if n_done < active:  # rows retired now are stepped too, then replaced: cheaper than selecting
+            keys = _step_keys(id_keys[slot], step + 1) if use_noise else None
+            _ascend(point, grad, alpha, beta if use_noise else None, lo, hi, keys, counters, None if check else frozen)
+        step = step + 1 if check else step + (~frozen).long()
+        if n_done == 0:
             continue
-        # Refill finished slots from the queue; compact once it is empty.
-        refill = min(done_rows.numel(), n - queued)
+        # Refill retired slots from the queue; compact once it is empty.
+        refill = min(n_done, n - queued)
         if refill > 0:
             rows, new = done_rows[:refill], torch.arange(queued, queued + refill, device=device)
             queued += refill
             point[rows], lo[rows], hi[rows] = load(new)
             slot[rows], step[rows] = new, 0
-            done[rows] = False
-        if refill < done_rows.numel():
-            live = (~done).nonzero().squeeze(1)
-            point, lo, hi, slot, step, ref = (t[live] for t in (point, lo, hi, slot, step, ref))
+            frozen[rows] = flip[rows] = False
+        if refill < n_done:
+            live = (~frozen).nonzero().squeeze(1)
+            point, lo, hi, slot, step, ref, frozen, flip = (
+                t[live] for t in (point, lo, hi, slot, step, ref, frozen, flip)
+            )
             active = live.numel()
 
     return LassResult(critical, iterations, predicted, adversarial)
 
 
 @torch.no_grad()
-def _ascend(point: Tensor, grad: Tensor, alpha: Tensor, beta: Tensor | None, lo: Tensor, hi: Tensor, seed: int,
-            ids: Tensor, step: Tensor, counters: Tensor) -> None:
-    """In place: ``x~ <- clamp(x~ + alpha * sign(grad) + beta * eta_step, lo, hi)``."""
-    point.addcmul_(alpha, grad.sign())
+def _ascend(point: Tensor, grad: Tensor, alpha: Tensor, beta: Tensor | None, lo: Tensor, hi: Tensor,
+            keys: Tensor | None, counters: Tensor, frozen: Tensor | None) -> None:
+    """In place: ``x~ <- clamp(x~ + alpha * sign(grad) + beta * eta, lo, hi)`` with ``eta`` the noise of the step
+    keys ``keys``; rows ``frozen`` (finished, awaiting retirement) are left exactly where they are."""
+    direction = grad.sign()
+    still = None if frozen is None else frozen.view(-1, *([1] * (point.dim() - 1)))  # [B, 1, ...]
+    if still is not None:
+        direction.masked_fill_(still, 0.0)
+    point.addcmul_(alpha, direction)
     if beta is not None:
-        numel = point[0].numel()
-        eta = _normals(_stream_keys(seed, ids, step), counters, numel, point.dtype)  # [B, numel]
-        point.addcmul_(beta, eta.view_as(point))
+        eta = _normals(keys, counters, point[0].numel(), point.dtype).reshape(point.shape)  # [B, ...]
+        if still is not None:
+            eta.masked_fill_(still, 0.0)
+        point.addcmul_(beta, eta)
     torch.maximum(torch.minimum(point, hi, out=point), lo, out=point)

@@ -25,33 +25,64 @@ def fmix32_py(h: int) -> int:
     return h ^ (h >> 16)
 
 
-def noise_py(seed: int, sample_id: int, step: int, j: int) -> float:
-    """Coordinate j of the noise of (seed, sample_id, step), one scalar at a time, from the documented hash chain."""
+def lowbias32_py(h: int) -> int:
+    """Wellons' lowbias32 in plain Python integers: the reference of the engine's int32 version."""
+    h ^= h >> 16
+    h = (h * 0x7FEB352D) & MASK
+    h ^= h >> 15
+    h = (h * 0x846CA68B) & MASK
+    return h ^ (h >> 16)
+
+
+def noise_py(seed: int, sample_id: int, step: int, j: int, numel: int) -> float:
+    """Coordinate j (of numel) of the noise of (seed, sample_id, step), one scalar at a time, from the documented
+    hash chain: one 32-bit hash per pair p = j mod P of the coordinates (p, p + P), P = ceil(numel / 2)."""
     h = fmix32_py((seed & MASK) ^ ((((seed >> 32) & MASK) * 0x27D4EB2F) & MASK))
     h = fmix32_py(h ^ (sample_id & MASK))
     h = fmix32_py(h ^ ((sample_id >> 32) & MASK))
     key = fmix32_py((h + step * 0x9E3779B9) & MASK)
-    m64 = (1 << 64) - 1
-    z = (key + (j // 2 + 1) * 0x9E3779B97F4A7C15) & m64  # splitmix64 of the pair's counter
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m64
-    z ^= z >> 31
-    u1, u2 = ((z >> 40) + 1) * 2.0**-24, (z & 0xFFFFFF) * 2.0**-24
+    pairs = (numel + 1) // 2
+    z = lowbias32_py(key ^ lowbias32_py(j % pairs + 1))
+    u1, u2 = ((z >> 16) + 1) * 2.0**-16, (z & 0xFFFF) * 2.0**-16
     r = math.sqrt(-2.0 * math.log(u1))
-    return r * (math.cos if j % 2 == 0 else math.sin)(2.0 * math.pi * u2)
+    return r * (math.cos if j < pairs else math.sin)(2.0 * math.pi * u2)
 
 
-def test_noise_matches_scalar_reference_and_is_standard_normal():
+@pytest.mark.parametrize("numel", [5, 6])
+def test_noise_matches_scalar_reference(numel):
     ids = torch.tensor([0, 5, 2**33 + 7])
-    eta = lass_noise(3, ids, 4, (5,), dtype=torch.float64)
-    for i, sid in enumerate(ids.tolist()):
-        for j in range(5):
-            assert eta[i, j].item() == pytest.approx(noise_py(3, sid, 4, j), rel=1e-12, abs=1e-12)
-    big = lass_noise(0, torch.arange(2000), 1, (500,))
-    assert abs(big.mean().item()) < 0.01 and abs(big.std().item() - 1) < 0.01
-    # Different steps, seeds and ids give different (uncorrelated) streams.
-    other = lass_noise(0, torch.arange(2000), 2, (500,))
-    assert abs((big * other).mean().item()) < 0.01
+    for seed in (3, 2**40 + 1):
+        eta = lass_noise(seed, ids, 4, (numel,), dtype=torch.float64)
+        per_row = lass_noise(seed, ids, torch.tensor([1, 2, 9]), (numel,), dtype=torch.float64)  # a step per sample
+        for i, sid in enumerate(ids.tolist()):
+            for j in range(numel):
+                assert eta[i, j].item() == pytest.approx(noise_py(seed, sid, 4, j, numel), rel=1e-12, abs=1e-12)
+                want = noise_py(seed, sid, [1, 2, 9][i], j, numel)
+                assert per_row[i, j].item() == pytest.approx(want, rel=1e-12, abs=1e-12)
+    # the float32 noise is the float64 noise rounded: the same bits drawn
+    torch.testing.assert_close(lass_noise(3, ids, 4, (numel,)), lass_noise(3, ids, 4, (numel,), torch.float64).float())
+
+
+def test_noise_is_standard_normal_and_independent_across_ids_steps_and_coordinates():
+    stats = pytest.importorskip("scipy.stats")
+    ids = torch.arange(2000)
+    big = lass_noise(0, ids, 1, (500,), dtype=torch.float64)  # [2000, 500]
+    flat = big.flatten()
+    se = 1 / math.sqrt(flat.numel())  # 1e6 draws
+    assert abs(flat.mean().item()) < 5 * se and abs(flat.var().item() - 1) < 5 * math.sqrt(2) * se
+    assert abs(stats.skew(flat.numpy())) < 5 * math.sqrt(6) * se
+    assert abs(stats.kurtosis(flat.numpy())) < 5 * math.sqrt(24) * se
+    assert stats.kstest(flat[::5].numpy(), "norm").pvalue > 1e-3  # normal at 2e5 draws
+    assert flat.abs().max().item() <= math.sqrt(32 * math.log(2)) + 1e-9  # the documented bound
+    # uncorrelated across steps, seeds, neighbouring ids, neighbouring coordinates and the two halves of a pair
+    for other in (lass_noise(0, ids, 2, (500,), torch.float64), lass_noise(1, ids, 1, (500,), torch.float64),
+                  lass_noise(0, ids + 1, 1, (500,), torch.float64)):
+        assert abs((big * other).mean().item()) < 5 * se
+        assert abs(((big**2 - 1) * (other**2 - 1)).mean().item()) < 5 * math.sqrt(8) * se  # and beyond linear
+    for a, b in ((big[1:], big[:-1]), (big[:, 1:], big[:, :-1]), (big[:, :250], big[:, 250:])):
+        assert abs((a * b).mean().item()) < 5 / math.sqrt(a.numel())
+    # sums of 4 coordinates of one sample are N(0, 4) (variance of 125 * 2000 sums)
+    assert abs(big.view(2000, 125, 4).sum(2).var().item() - 4) < 5 * 4 * math.sqrt(2 / 250_000)
     assert not torch.equal(lass_noise(1, torch.arange(3), 1, (4,)), lass_noise(0, torch.arange(3), 1, (4,)))
 
 
@@ -68,7 +99,7 @@ def reference_lass(model, x, r, alpha, beta, max_iter, seed, ids, clip=None):
             xt.requires_grad_(True)
             loss = F.cross_entropy(model(xt), c)
             (g,) = torch.autograd.grad(loss, xt)
-            eta = torch.tensor([noise_py(seed, int(ids[i]), t, j) for j in range(x0.numel())], dtype=x.dtype)
+            eta = lass_noise(seed, ids[i : i + 1], t, x0.shape[1:], dtype=x.dtype)  # the public noise
             xt = xt.detach() + alpha * g.sign() + beta * eta.view_as(x0)
             xt = torch.minimum(torch.maximum(xt, x0 - r), x0 + r)
             if clip is not None:  # into the valid range, widened to hold the clean point itself
@@ -260,3 +291,26 @@ def test_clip_never_moves_a_sample_outside_its_box():
     assert (out.adversarial - x).abs().max() <= 1e-3 + 1e-7
     ref = reference_lass(net, x, 1e-3, 1e-3, 0.0, 5, seed=0, ids=torch.arange(3), clip=(0.0, 1.0))
     assert ref[0].tolist() == out.critical.tolist()
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, 24])
+def test_accelerator_path_checks_every_k_steps_and_matches_every_step(monkeypatch, batch_size):
+    """The accelerator path (a host sync every `_SYNC_EVERY` iterations, finished rows frozen on the device in
+    between), forced on CPU, gives exactly the results of a check at every step: refills, compaction and
+    max_iter not a multiple of the check interval included."""
+    module = importlib.import_module("memo_callbacks.functional.lass")
+    model, x = tiny_mlp(), data()
+    kw = dict(radius=0.3, step_size=0.05, noise_std=0.05, max_iter=13, seed=5, sample_ids=torch.arange(7, 31),
+              clip=(-1.5, 1.5), batch_size=batch_size, return_adversarial=True)
+    every_step = lass(model, x, **kw)
+    monkeypatch.setattr(module, "_FORCE_DEVICE_PATH", True)
+    calls = []
+    hook = model.register_forward_hook(lambda m, args, out: calls.append(len(out)))
+    synced = lass(model, x, **kw)
+    hook.remove()
+    assert 0 < int(every_step.critical.sum()) < len(x)
+    for name in ("critical", "iterations", "predicted", "adversarial"):
+        assert torch.equal(getattr(synced, name), getattr(every_step, name)), name
+    assert len(calls) % module._SYNC_EVERY == 0  # forward passes: the loop ends at a check only
+    ref = reference_lass(model, x, 0.3, 0.05, 0.05, 13, seed=5, ids=torch.arange(7, 31), clip=(-1.5, 1.5))
+    assert torch.equal(synced.iterations, ref[1])
