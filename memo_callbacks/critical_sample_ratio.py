@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -28,10 +30,42 @@ class _Split:
     noisy: Tensor | None
 
 
+def log_spaced_epochs(max_epochs: int, num: int) -> list[int]:
+    """About ``num`` epochs (0-based, as ``trainer.current_epoch``) log-spaced over ``[0, max_epochs - 1]``.
+
+    Dense early, where the critical sample ratio moves fastest, sparse late: epoch ``e`` is measured where
+    ``e + 1`` is on a geometric grid from 1 to ``max_epochs``. Always holds the first and the last epoch; fewer than
+    ``num`` entries where the grid rounds two points to one epoch. For ``CriticalSampleRatio(epochs=...)``.
+
+    Example:
+        >>> log_spaced_epochs(100, 6)
+        [0, 2, 5, 15, 39, 99]
+        >>> log_spaced_epochs(3, 10)
+        [0, 1, 2]
+    """
+    max_epochs = check_int(max_epochs, "max_epochs", minimum=1)
+    num = check_int(num, "num", minimum=1)
+    if num == 1 or max_epochs == 1:
+        return [max_epochs - 1]
+    grid = (math.exp(math.log(max_epochs) * k / (num - 1)) for k in range(num))  # 1 .. max_epochs, geometric
+    return sorted({min(max_epochs, max(1, round(g))) - 1 for g in grid})
+
+
+def _check_epochs(epochs: object) -> tuple[int, ...] | None:
+    if epochs is None:
+        return None
+    if isinstance(epochs, (str, bytes)) or not isinstance(epochs, Sequence) or len(epochs) == 0:
+        raise ValueError(f"`epochs` must be a non-empty sequence of epoch numbers (integers >= 0) or None, got {epochs!r}")
+    for e in epochs:
+        if isinstance(e, bool) or not isinstance(e, int) or e < 0:
+            raise ValueError(f"`epochs` must hold epoch numbers (integers >= 0, 0-based), got {e!r} in {list(epochs)!r}")
+    return tuple(sorted(set(epochs)))
+
+
 class CriticalSampleRatio(Callback):
     """Logs the share of samples that have an adversarial example within an L-infinity box (found by LASS).
 
-    Every ``every_n_epochs`` epochs, at the end of the epoch's last validation (never during the sanity check nor
+    Every ``every_n_epochs`` epochs (or at exactly the listed ``epochs``), at the end of the epoch's last validation (never during the sanity check nor
     at mid-epoch validations; with ``check_val_every_n_epoch`` it runs only in epochs that validate), it runs
     :func:`~memo_callbacks.functional.lass` on a fixed seeded subset of the clean validation set and logs
 
@@ -41,6 +75,9 @@ class CriticalSampleRatio(Callback):
     - ``csr/val_certified`` (with ``certify=True``): the share of the examined samples proved non-critical by
       :func:`~memo_callbacks.functional.certify.certify` before the search, hence not searched (``csr/val`` is
       the same with or without the screen; a network the bounds do not support is searched whole, certifying none);
+
+    - ``csr/seconds``: the wall time of the measurement (data, search and reduction; the slowest rank's), to see and
+      schedule its cost: ``epochs=log_spaced_epochs(max_epochs, num)`` measures densely early and sparsely late;
 
     and, with ``train=True``, the same for a seeded subset of the training set (``csr/train``), split into
     ``csr/train_clean`` and ``csr/train_noisy`` when the datamodule (or the batches' ``noisy`` flags, as
@@ -73,6 +110,8 @@ class CriticalSampleRatio(Callback):
     Args:
         num_samples: validation examples examined (None: all of them).
         every_n_epochs: run at the end of every n-th epoch's validation.
+        epochs: run at exactly these epochs (0-based, as ``trainer.current_epoch``; e.g.
+            :func:`log_spaced_epochs`) instead of every n-th; then ``every_n_epochs`` must stay 1.
         lass: LASS's radius, step size, noise, unit, iterations, clipping and seed (its seed also chooses the
             subsets); None: ``LASSConfig()``, the paper's settings.
         batch_size: samples searched at once per rank.
@@ -103,6 +142,7 @@ class CriticalSampleRatio(Callback):
         pixel_scale: float | None = None,
         batch_adapter: BatchAdapter | None = None,
         certify: bool = True,
+        epochs: Sequence[int] | None = None,
     ) -> None:
         for name, value in (("num_samples", num_samples), ("num_train_samples", num_train_samples)):
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -110,6 +150,11 @@ class CriticalSampleRatio(Callback):
         for name, value in (("every_n_epochs", every_n_epochs), ("batch_size", batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}")
+        epochs = _check_epochs(epochs)
+        if epochs is not None and every_n_epochs != 1:
+            raise ValueError(f"pass `epochs` or `every_n_epochs`, not both: got epochs={list(epochs)} and every_n_epochs={every_n_epochs}")
+        #: The epochs to measure at (sorted), or None: every ``every_n_epochs``.
+        self.epochs = epochs
         if lass is None:
             lass = LASSConfig()
         if not isinstance(lass, LASSConfig):
@@ -189,9 +234,12 @@ class CriticalSampleRatio(Callback):
             return True  # trainer.validate(): measure once
         if not trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
             return False  # a mid-epoch validation (val_check_interval < 1): measure once per epoch, at its end
+        if self.epochs is not None:
+            return trainer.current_epoch in self.epochs
         return (trainer.current_epoch + 1) % self.every_n_epochs == 0
 
     def _measure(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        start = time.perf_counter()
         splits = [self._load(trainer, "val", self.num_samples)]
         if self.train:
             splits.append(self._load(trainer, "train", self.num_train_samples))
@@ -203,6 +251,7 @@ class CriticalSampleRatio(Callback):
             entry.update(self._summarise(split, counts))
             if writer is not None and int(hist.sum()) > 0:
                 self._log_histogram(writer, f"csr/{split.name}_iterations_hist", hist, trainer.global_step)
+        entry["csr/seconds"] = _max_over_ranks(trainer, time.perf_counter() - start)
         self.history.append(entry)
         for key, value in entry.items():
             if key.startswith("csr/"):
@@ -332,6 +381,14 @@ def _epoch_charts(splits: Sequence[str], certify: bool) -> dict[str, list[str]]:
     if certify:
         charts["certified non-critical"] = [f"csr/{name}_certified" for name in splits]
     return charts
+
+
+def _max_over_ranks(trainer: Trainer, value: float) -> float:
+    """The largest ``value`` over the ranks (a collective: called on every rank)."""
+    if trainer.world_size == 1:
+        return value
+    gathered = trainer.strategy.all_gather(torch.tensor([value], dtype=torch.float64, device=trainer.strategy.root_device))
+    return float(gathered.max())
 
 
 def _ratio(num: Tensor, den: Tensor) -> float:

@@ -313,3 +313,61 @@ def test_measures_once_per_epoch_with_mid_epoch_validation():
                          enable_model_summary=False, callbacks=[csr], num_sanity_val_steps=0, val_check_interval=0.5)
     trainer.fit(MLPClassifier((1, 8, 8), 10, hidden=(8,)), dm)
     assert [h["epoch"] for h in csr.history] == [0, 1]
+
+
+def test_epochs_schedule_and_seconds(tmp_path: Path):
+    import time
+
+    from memo_callbacks import log_spaced_epochs
+
+    dm = NoisyDigits(subset=256, batch_size=64)
+    csr = CriticalSampleRatio(num_samples=20, epochs=[3, 0, 3], lass=LASSConfig(radius=3.0, max_iter=3))
+    assert csr.epochs == (0, 3)
+    start = time.perf_counter()
+    trainer(tmp_path, [csr], max_epochs=5, limit_train_batches=1).fit(Classifier(), dm)
+    total = time.perf_counter() - start
+    assert [h["epoch"] for h in csr.history] == [0, 3]
+    seconds = [h["csr/seconds"] for h in csr.history]
+    assert all(0 < s < total for s in seconds)
+    events = EventAccumulator(str(tmp_path / "tb" / "version_0")).Reload()
+    assert [e.value for e in events.Scalars("csr/seconds")] == pytest.approx(seconds)
+    # every_n_epochs still works beside it
+    every = CriticalSampleRatio(num_samples=10, every_n_epochs=2, lass=LASSConfig(radius=3.0, max_iter=2))
+    trainer(tmp_path / "b", [every], max_epochs=4, limit_train_batches=1).fit(Classifier(), dm)
+    assert [h["epoch"] for h in every.history] == [1, 3]
+    # a log-spaced schedule: 0-based epochs e with e + 1 on a geometric grid from 1 to max_epochs
+    for max_epochs, num in ((100, 6), (200, 12), (7, 3), (3, 10), (1, 4), (50, 1)):
+        got = log_spaced_epochs(max_epochs, num)
+        want = sorted({min(max_epochs, max(1, round(max_epochs ** (k / (num - 1))))) - 1 for k in range(num)}) \
+            if num > 1 and max_epochs > 1 else [max_epochs - 1]
+        assert got == want and got[-1] == max_epochs - 1 and len(got) <= num
+        assert got[0] == 0 or num == 1 or max_epochs == 1
+    assert log_spaced_epochs(100, 6) == [0, 2, 5, 15, 39, 99]
+    grid = log_spaced_epochs(1000, 20)
+    gaps = [b - a for a, b in zip(grid, grid[1:])]
+    assert gaps == sorted(gaps)  # dense early, sparse late
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(epochs=[]), r"`epochs` must be a non-empty sequence"),
+        (dict(epochs="1,2"), r"`epochs` must be a non-empty sequence"),
+        (dict(epochs=[0, -1]), r"`epochs` must hold epoch numbers \(integers >= 0, 0-based\), got -1"),
+        (dict(epochs=[1.5]), r"got 1.5 in \[1.5\]"),
+        (dict(epochs=[True]), r"got True"),
+        (dict(epochs=[1, 2], every_n_epochs=3), r"pass `epochs` or `every_n_epochs`, not both"),
+    ],
+)
+def test_bad_epochs(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        CriticalSampleRatio(**kwargs)
+
+
+@pytest.mark.parametrize("args, match", [((0, 3), "`max_epochs` must be an int >= 1"), ((10, 0), "`num` must be an int >= 1"),
+                                         ((10.0, 3), "`max_epochs` must be an int")])
+def test_bad_log_spaced_epochs(args, match):
+    from memo_callbacks import log_spaced_epochs
+
+    with pytest.raises((TypeError, ValueError), match=match):
+        log_spaced_epochs(*args)
