@@ -96,6 +96,11 @@ class LossSensitivity(Callback):
         every_n_epochs: measure and log every this many epochs. Proxy: nothing is collected in the epochs between
             (the input gradients are not even computed there), so ``g_bar`` is always one epoch's mean. Unrolled: the
             window of the last ``window`` steps may reach back into the epochs between (they are recorded then).
+        every_n_steps: proxy: read the input gradients on every n-th training batch of a measured epoch only
+            (batch indices 0, n, 2n, ... of the epoch); the input gradient through the first layer is then paid on
+            one batch in n (on CNNs it adds 21-41% to a training step, see BENCHMARKS.md). The sums and counts stay
+            exact: ``g_bar_x`` is the mean over the *measured* presentations of ``x``, and an example presented only
+            on unmeasured batches is left out of that epoch like an undrawn one. 1 (default): every batch.
         per_class: unrolled: also compute the per-class matrix (``C`` times the cost).
         num_classes: number of classes for ``per_class`` (default: the datamodule's ``num_classes`` or max label + 1).
         num_examples: training set size; default from ``trainer.datamodule.num_train``, else the length of the
@@ -119,6 +124,7 @@ class LossSensitivity(Callback):
         window: int = 500,
         measure_every: int = 2,
         every_n_epochs: int = 1,
+        every_n_steps: int = 1,
         per_class: bool = False,
         num_classes: int | None = None,
         num_examples: int | None = None,
@@ -135,6 +141,9 @@ class LossSensitivity(Callback):
         for name, value in (("window", window), ("measure_every", measure_every), ("every_n_epochs", every_n_epochs)):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+        check_int(every_n_steps, "every_n_steps", minimum=1)
+        if every_n_steps != 1 and mode != "proxy":
+            raise ValueError(f"`every_n_steps` applies to mode='proxy' only, got every_n_steps={every_n_steps} with mode={mode!r}")
         check_bool(per_class, "per_class")
         if per_class and mode != "unrolled":
             raise ValueError("`per_class` needs mode='unrolled' (under the proxy the matrix is diagonal), got mode='proxy'")
@@ -151,6 +160,7 @@ class LossSensitivity(Callback):
         self.window = window
         self.measure_every = measure_every
         self.every_n_epochs = every_n_epochs
+        self.every_n_steps = every_n_steps
         self.per_class = per_class
         self.num_classes = num_classes
         self.num_examples = num_examples
@@ -243,6 +253,8 @@ class LossSensitivity(Callback):
             return
         if not self._measured_epoch(trainer):
             return  # nothing is collected between measured epochs: g_bar is always one epoch's mean
+        if batch_idx % self.every_n_steps != 0:
+            return  # an unmeasured batch: no input gradient at all
         if not parsed.x.is_leaf:
             raise ValueError("LossSensitivity(mode='proxy') needs batch.x to be a leaf tensor (a plain input batch)")
         self._x = parsed.x.requires_grad_(True)

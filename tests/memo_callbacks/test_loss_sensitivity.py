@@ -419,3 +419,40 @@ def test_mid_epoch_resume_on_two_processes_keeps_every_rank_s_partial_sums(tmp_p
     assert torch.equal(straight_count, torch.full((600,), 2))
     assert torch.equal(resumed_count, straight_count)
     torch.testing.assert_close(resumed_sum, straight_sum, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("every", [2, 3])
+def test_proxy_every_n_steps_equals_the_mean_over_the_measured_batches(tmp_path, every):
+    dm = digits()
+    cb = LossSensitivity(mode="proxy", norm="l1", every_n_steps=every)
+    fit(Tiny(lr=0.5), dm, [cb], tmp_path, epochs=2)
+    # Reference: the same training by hand, the proxy read on batches 0, every, 2 * every, ... of each epoch only.
+    ref = Tiny(lr=0.5)
+    opt = torch.optim.SGD(ref.parameters(), lr=0.5)
+    total_sums, total_counts = torch.zeros(96, dtype=torch.float64), torch.zeros(96)
+    for epoch in range(2):
+        sums, counts = torch.zeros(96, dtype=torch.float64), torch.zeros(96)
+        for i, b in enumerate(batches(dm, epoch)):
+            if i % every == 0:
+                sums.index_add_(0, b.index, input_gradient_sensitivity(ref.net, b.x, b.y, norm="l1").double())
+                counts.index_add_(0, b.index, torch.ones(len(b.index)))
+            F.cross_entropy(ref(b.x), b.y).backward()
+            opt.step()
+            opt.zero_grad()
+        total_sums += sums
+        total_counts += counts
+    seen = counts > 0
+    assert 0 < int(seen.sum()) < 96  # some examples measured, some not
+    torch.testing.assert_close(cb.last_g_bar[seen], (sums / counts)[seen], rtol=1e-5, atol=1e-7)
+    assert cb.history[-1]["gini"] == pytest.approx(gini((sums / counts)[seen]), rel=1e-5)
+    assert torch.equal(cb.total_count, total_counts.long())
+    torch.testing.assert_close(cb.total_sum, total_sums, rtol=1e-5, atol=1e-6)
+
+
+def test_every_n_steps_is_checked():
+    with pytest.raises(ValueError, match=r"`every_n_steps` must be an int >= 1, got 0"):
+        LossSensitivity(every_n_steps=0)
+    with pytest.raises(TypeError, match=r"`every_n_steps` must be an int >= 1, got 2.0"):
+        LossSensitivity(every_n_steps=2.0)
+    with pytest.raises(ValueError, match=r"`every_n_steps` applies to mode='proxy' only, got every_n_steps=2 with mode='unrolled'"):
+        LossSensitivity(mode="unrolled", every_n_steps=2)
