@@ -29,6 +29,24 @@ from memo_callbacks.functional.memorization import (
     random_subsets,
 )
 from memo_callbacks.functional.sensitivity import input_gradient_sensitivity, per_example_norm
+from memo_callbacks.functional.signals import (
+    NOISE_SCORE_SIGN,
+    DataMap,
+    NoiseDetection,
+    area_under_margin,
+    assigned_probability,
+    aum_threshold,
+    data_map,
+    el2n,
+    forgetting_events,
+    forgetting_score,
+    grand,
+    margins,
+    never_learned,
+    noise_detection,
+    threshold_sample_labels,
+    unforgettable,
+)
 from memo_callbacks.functional.unrolled import (
     SGDRule,
     SGDTrajectoryRecorder,
@@ -39,6 +57,22 @@ from memo_callbacks.functional.unrolled import (
 )
 
 __all__ = [
+    "NOISE_SCORE_SIGN",
+    "DataMap",
+    "NoiseDetection",
+    "area_under_margin",
+    "assigned_probability",
+    "aum_threshold",
+    "data_map",
+    "el2n",
+    "forgetting_events",
+    "forgetting_score",
+    "grand",
+    "margins",
+    "never_learned",
+    "noise_detection",
+    "threshold_sample_labels",
+    "unforgettable",
     "ConsistencyScores",
     "EnsembleRun",
     "LASSConfig",
