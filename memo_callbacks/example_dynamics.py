@@ -20,6 +20,7 @@ from memo_callbacks.functional.dynamics import (
     first_learned_epoch,
     learned_for_good_epoch,
 )
+from memo_callbacks.functional.signals import assigned_probability, margins
 from datamodules.checks import check_bool, check_callable, check_str
 from memo_callbacks.utilities import (
     BatchAdapter,
@@ -33,6 +34,7 @@ from memo_callbacks.utilities import (
 from memo_callbacks.utilities.files import callback_dir, check_plain_name, unclaimed_path
 from memo_callbacks.utilities.tensorboard import add_epoch_layout, log_epoch_scalars
 
+_ROWS = 7  # rows of an epoch's statistics (see `_stats`)
 DynamicsMode = Literal["eval_pass", "train_step"]
 _MODES = ("eval_pass", "train_step")
 _LOSS_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
@@ -47,12 +49,18 @@ class DynamicsHistory:
         correct: ``[R, N]`` int8: 1 fitted (argmax equals the label trained on), 0 not fitted, -1 not observed.
         loss: ``[R, N]`` per-example loss (NaN where not observed).
         noisy: ``[N]`` bool noise mask, or None when the data does not mark noisy examples.
+        margin: ``[R, N]`` float32 margin (logit of the label trained on minus the largest other logit; NaN where not
+            observed), the input of :func:`memo_callbacks.functional.signals.area_under_margin`.
+        prob: ``[R, N]`` float32 softmax probability of the label trained on (NaN where not observed), the input of
+            :func:`memo_callbacks.functional.signals.data_map`.
     """
 
     epochs: Tensor
     correct: Tensor
     loss: Tensor
     noisy: Tensor | None
+    margin: Tensor | None = None
+    prob: Tensor | None = None
 
     @property
     def first_learned(self) -> Tensor:
@@ -182,9 +190,12 @@ class ExampleDynamics(Callback):
         self._epochs: list[int] = []
         self._correct: list[Tensor] = []  # rows [N] int8
         self._loss: list[Tensor] = []  # rows [N] loss_dtype
+        self._margin: list[Tensor] = []  # rows [N] float32
+        self._prob: list[Tensor] = []  # rows [N] float32
         self._noisy: Tensor | None = None  # [N] bool
         self._noisy_from_datamodule = False
-        # this epoch's [5, N] float64 sums: correct, loss, observations, noisy flags, observations carrying a flag
+        # this epoch's [7, N] float64 sums: correct, loss, observations, noisy flags, observations carrying a flag,
+        # margin of the label trained on, its probability
         self._stats: Tensor | None = None
         self._recorded_epoch: int | None = None
         #: The files written in this run (the history file, or its ``-vN`` variant where the name was taken).
@@ -204,6 +215,8 @@ class ExampleDynamics(Callback):
             correct=torch.stack(self._correct) if self._correct else torch.empty(0, n, dtype=torch.int8),
             loss=torch.stack(self._loss) if self._loss else torch.empty(0, n, dtype=self.loss_dtype),
             noisy=self._noisy,
+            margin=torch.stack(self._margin) if self._margin else torch.empty(0, n),
+            prob=torch.stack(self._prob) if self._prob else torch.empty(0, n),
         )
 
     # ----------------------------------------------------------------------------------------------- hooks
@@ -222,7 +235,7 @@ class ExampleDynamics(Callback):
 
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.mode == "train_step" and self._should_record(trainer):
-            self._stats = torch.zeros(5, self._n, dtype=torch.float64, device=pl_module.device)
+            self._stats = torch.zeros(_ROWS, self._n, dtype=torch.float64, device=pl_module.device)
 
     def on_train_batch_end(
         self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -258,6 +271,8 @@ class ExampleDynamics(Callback):
             "epochs": h.epochs,
             "correct": h.correct,
             "loss": h.loss,
+            "margin": h.margin,
+            "prob": h.prob,
             "noisy": self._noisy,
             "noisy_from_datamodule": self._noisy_from_datamodule,
             # a checkpoint taken after the epoch's last batch but before its end hooks (at validation end) resumes
@@ -270,6 +285,10 @@ class ExampleDynamics(Callback):
         self._epochs = [int(e) for e in state_dict["epochs"]]
         self._correct = list(state_dict["correct"].unbind(0))
         self._loss = [row.to(self.loss_dtype) for row in state_dict["loss"].unbind(0)]
+        # checkpoints from before margins were recorded: NaN rows (not observed)
+        blank = torch.full((len(self._epochs), self._n or 0), float("nan"))
+        self._margin = list(state_dict.get("margin", blank).float().unbind(0))
+        self._prob = list(state_dict.get("prob", blank).float().unbind(0))
         self._noisy = state_dict["noisy"]
         self._noisy_from_datamodule = state_dict["noisy_from_datamodule"]
         self._recorded_epoch = state_dict.get("recorded_epoch")
@@ -328,6 +347,9 @@ class ExampleDynamics(Callback):
             )
         correct, loss = example_outcomes(logits.detach(), y, self.loss_fn)
         dynamics_update(stats[:3], parsed.index, correct, loss)
+        index = parsed.index.to(stats.device)
+        stats[5].index_add_(0, index, margins(logits, y).to(stats.device, stats.dtype))
+        stats[6].index_add_(0, index, assigned_probability(logits, y).to(stats.device, stats.dtype))
         if parsed.noisy is not None:
             index = parsed.index.to(stats.device)
             stats[3].index_add_(0, index, parsed.noisy.to(stats.device, stats.dtype))
@@ -342,7 +364,7 @@ class ExampleDynamics(Callback):
                 f"got {got}. Or use mode='eval_pass'."
             )
         if self._stats is None:  # resumed in the middle of an epoch
-            self._stats = torch.zeros(5, self._n, dtype=torch.float64, device=outputs[self.logits_key].device)
+            self._stats = torch.zeros(_ROWS, self._n, dtype=torch.float64, device=outputs[self.logits_key].device)
         self._add(self._stats, self._parse(batch), outputs[self.logits_key])
 
     def _forward(self, pl_module: LightningModule, x: Tensor) -> Tensor:
@@ -356,7 +378,7 @@ class ExampleDynamics(Callback):
 
     def _evaluate(self, trainer: Trainer, pl_module: LightningModule) -> Tensor:
         """``[5, N]`` this rank's statistics of an eval-mode pass over its share of the training set."""
-        stats = torch.zeros(5, self._n, dtype=torch.float64, device=pl_module.device)
+        stats = torch.zeros(_ROWS, self._n, dtype=torch.float64, device=pl_module.device)
         dm = trainer.datamodule
         x_all, y_all = getattr(dm, "train_x", None), getattr(dm, "train_y", None)
         with preserved_state(pl_module), torch.no_grad(), trainer.precision_plugin.forward_context():
@@ -384,9 +406,12 @@ class ExampleDynamics(Callback):
         if self.mode == "eval_pass":
             stats = self._evaluate(trainer, pl_module)
         else:
-            stats = self._stats if self._stats is not None else torch.zeros(5, self._n, dtype=torch.float64)
-        stats = all_reduce_sum(trainer, stats).cpu()  # [5, N] summed over ranks, every rank
+            stats = self._stats if self._stats is not None else torch.zeros(_ROWS, self._n, dtype=torch.float64)
+        stats = all_reduce_sum(trainer, stats).cpu()  # [7, N] summed over ranks, every rank
         correct, loss = dynamics_compute(stats[:3], self.loss_dtype)
+        seen = stats[2] > 0
+        margin = torch.where(seen, stats[5] / stats[2].clamp_min(1), torch.nan).float()
+        prob = torch.where(seen, stats[6] / stats[2].clamp_min(1), torch.nan).float()
         if not self._noisy_from_datamodule and bool(stats[4].sum() > 0):  # the batches carried noisy flags
             seen_noisy = stats[3] > 0
             self._noisy = seen_noisy if self._noisy is None else self._noisy | seen_noisy
@@ -395,6 +420,8 @@ class ExampleDynamics(Callback):
         self._epochs = [self._epochs[i] for i in keep] + [epoch]
         self._correct = [self._correct[i] for i in keep] + [correct]
         self._loss = [self._loss[i] for i in keep] + [loss]
+        self._margin = [self._margin[i] for i in keep] + [margin]
+        self._prob = [self._prob[i] for i in keep] + [prob]
         self._stats = None
         self._recorded_epoch = epoch
         self._log(trainer, epoch)
@@ -439,6 +466,8 @@ class ExampleDynamics(Callback):
                 "epochs": h.epochs,
                 "correct": h.correct,
                 "loss": h.loss,
+                "margin": h.margin,
+                "prob": h.prob,
                 "noisy": h.noisy,
                 "first_learned": h.first_learned,
                 "learned_for_good": h.learned_for_good,

@@ -85,6 +85,21 @@ def _per_example(net_state, x, y, train_mode=False):
     return out
 
 
+def _per_example_margin_prob(net_state, x, y):
+    """Slow reference: (margin, probability of the label) one example at a time, in plain Python."""
+    net = nn.Sequential(nn.Flatten(), nn.Dropout(0.0), nn.Linear(64, 10))
+    net.load_state_dict(net_state)
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(x.shape[0]):
+            z = net(x[i : i + 1])[0].tolist()
+            label = int(y[i])
+            other = max(v for k, v in enumerate(z) if k != label)
+            out.append((z[label] - other, math.exp(z[label]) / sum(math.exp(v) for v in z)))
+    return out
+
+
 def test_eval_pass_against_reference_and_tensorboard(tmp_path: Path):
     dm = _dm()
     torch.manual_seed(0)
@@ -100,6 +115,10 @@ def test_eval_pass_against_reference_and_tensorboard(tmp_path: Path):
     for e in range(3):
         assert h.correct[e].tolist() == [int(c) for c, _ in ref[e]]
         assert h.loss[e].tolist() == pytest.approx([l for _, l in ref[e]], rel=1e-5, abs=1e-6)
+        mp = _per_example_margin_prob(snaps.epoch_end[e], dm.train_x, dm.train_y)
+        assert h.margin[e].tolist() == pytest.approx([m for m, _ in mp], rel=1e-4, abs=1e-5)
+        assert h.prob[e].tolist() == pytest.approx([p for _, p in mp], rel=1e-4, abs=1e-6)
+    assert (h.margin < 0).any() and (h.margin > 0).any()
     # the first-learned epochs by hand from the reference
     first = [next((e for e in range(3) if ref[e][i][0]), -1) for i in range(n)]
     assert h.first_learned.tolist() == first
@@ -209,6 +228,9 @@ def test_resume_continues_history(tmp_path: Path):
         assert (h.correct >= 0).all()
         assert torch.equal(h.correct, ref.correct)
         torch.testing.assert_close(h.loss, ref.loss)
+        torch.testing.assert_close(h.margin, ref.margin)
+        torch.testing.assert_close(h.prob, ref.prob)
+        assert not h.margin.isnan().any()
         assert torch.equal(h.first_learned, ref.first_learned)
 
 
@@ -243,7 +265,7 @@ def run(devices, batch_size, strategy):
 
 if __name__ == "__main__":
     trainer, hs = run(DEVICES, 25, "ddp")
-    torch.save([(h.correct, h.loss, h.noisy) for h in hs], f"{OUT}/rank{trainer.global_rank}.pt")
+    torch.save([(h.correct, h.loss, h.noisy, h.margin, h.prob) for h in hs], f"{OUT}/rank{trainer.global_rank}.pt")
 """
 
 
@@ -255,10 +277,13 @@ def test_same_history_on_one_and_two_processes(tmp_path: Path):
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1)]
     for mode, h in enumerate(single):
         for rank in ranks:
-            correct, loss, noisy = rank[mode]
+            correct, loss, noisy, margin, prob = rank[mode]
             assert torch.equal(noisy, h.noisy)
             assert torch.equal(correct, h.correct)
             torch.testing.assert_close(loss, h.loss, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(margin, h.margin, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(prob, h.prob, rtol=1e-4, atol=1e-5)
+        assert not h.margin.isnan().any()
         assert (h.correct >= 0).all()  # every example observed once per epoch, also in train_step mode
 
 
