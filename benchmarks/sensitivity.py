@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from memo_callbacks import LossSensitivity
 from memo_callbacks.functional import SGDWindowRecorder, gini, unrolled_sensitivity
-from models import MLP
+from models import MLP, PaperCNN
 
 #: Where the Trainers may write (nothing goes to the current directory); removed at exit.
 SCRATCH = tempfile.TemporaryDirectory(prefix="memo-callbacks-bench-")
@@ -36,21 +36,26 @@ class Classifier(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.lr)
 
 
-def mnist_like(n: int, seed: int = 0):
+def mnist_like(n: int, seed: int = 0, shape: tuple[int, ...] = (1, 28, 28)):
     g = torch.Generator().manual_seed(seed)
-    x = torch.rand(n, 1, 28, 28, generator=g)
+    x = torch.rand(n, *shape, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
     data = torch.utils.data.TensorDataset(x, y, torch.arange(n))
     return torch.utils.data.DataLoader(data, batch_size=128, shuffle=False)
 
 
-def time_training(steps: int, callback: LossSensitivity | None) -> float:
+def time_training(steps: int, callback: LossSensitivity | None, net: str = "mlp") -> float:
+    """Seconds of ``steps`` training steps (batch 128) of the paper's MLP (``"mlp"``), the paper's CIFAR-10 CNN at
+    width 0.25 (``"cnn"``), or a tiny CNN for smoke runs (``"tiny-cnn"``)."""
     torch.manual_seed(0)
-    model = Classifier(MLP(784, 10, hidden=(4096, 4096)), lr=0.01)
+    shape = (1, 28, 28) if net == "mlp" else (3, 32, 32)
+    nets = {"mlp": lambda: MLP(784, 10, hidden=(4096, 4096)), "cnn": lambda: PaperCNN(shape, 10, width=0.25),
+            "tiny-cnn": lambda: PaperCNN(shape, 10, width=0.05)}
+    model = Classifier(nets[net](), lr=0.01)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, default_root_dir=SCRATCH.name,
                          callbacks=[callback] if callback else [])
-    loader = mnist_like(128 * steps)
+    loader = mnist_like(128 * steps, shape=shape)
     start = time.perf_counter()
     trainer.fit(model, loader)
     return time.perf_counter() - start
@@ -65,6 +70,20 @@ def bench_proxy(steps: int, repeats: int) -> None:
     b, p = min(base), min(proxy)
     print(f"proxy: MLP 784-4096-4096-10, batch 128, {steps} steps, best of {repeats}: "
           f"without {b:.2f}s, with {p:.2f}s, overhead {100 * (p / b - 1):+.1f}%  (all: {base} {proxy})")
+
+
+def bench_proxy_every(steps: int, repeats: int, nets: tuple[str, ...] = ("mlp", "cnn"), ks=(1, 2, 4, 8)) -> None:
+    """The proxy's cost per training step by model and ``every_n_steps`` (interleaved runs, best of ``repeats``)."""
+    for net in nets:
+        time_training(2, None, net)  # warm-up
+        base, runs = [], {k: [] for k in ks}
+        for _ in range(repeats):
+            base.append(time_training(steps, None, net))
+            for k in ks:
+                runs[k].append(time_training(steps, LossSensitivity(mode="proxy", every_n_steps=k), net))
+        b = min(base)
+        cells = ", ".join(f"k={k}: {100 * (min(v) / b - 1):+.1f}%" for k, v in runs.items())
+        print(f"proxy every_n_steps, {net}, batch 128, {steps} steps, best of {repeats}: without {b:.2f}s; {cells}")
 
 
 def gini_point(n: int, total_steps: int, window: int, measure_every: int = 2, per_class: bool = False, seed: int = 0):
@@ -116,6 +135,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--skip-proxy", action="store_true")
     parser.add_argument("--skip-unrolled", action="store_true")
+    parser.add_argument("--skip-every", action="store_true", help="no proxy every_n_steps table")
+    parser.add_argument("--every-steps", type=int, default=16, help="training steps per every_n_steps run")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -123,6 +144,8 @@ def main() -> None:
         bench_unrolled()
     if not args.skip_proxy:
         bench_proxy(args.proxy_steps, args.repeats)
+    if not args.skip_every:
+        bench_proxy_every(args.every_steps, args.repeats)
 
 
 if __name__ == "__main__":
