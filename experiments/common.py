@@ -343,7 +343,8 @@ def _check_devices(parser: _Parser, run: RunArgs, explicit: set[str], script: st
     if processes > 1 and argv is not None and list(argv) != sys.argv[1:]:
         parser.error(f"--devices {devices} trains under DDP, and Lightning re-launches the script with its own command "
                      f"line for every extra process: run it as `python experiments/{script}.py ...`, not main([...])")
-    return dataclasses.replace(run, accelerator=accelerator, devices=devices, gpus=devices if accelerator == "gpu" else 0)
+    gpus = devices if accelerator == "gpu" else 0
+    return dataclasses.replace(run, accelerator=accelerator, devices=devices, gpus=gpus)
 
 
 def parse_config(config_cls: type[C], quick: dict[str, Any], description: str, argv: list[str] | None = None, *,

@@ -7,6 +7,7 @@ on noise (randX, randY) than for one trained on real data; it rises during train
     python experiments/fig9.py --dataset cifar10-jpg --width 0.25 --subset 10000 --epochs 15   # CPU-sized
     python experiments/fig9.py --quick                           # scikit-learn digits, MLP, a few minutes on a CPU
     python experiments/fig9.py --quick --seeds 0 1 2             # every variant per seed: mean with a min-max band
+    python experiments/fig9.py --quick --accelerator cpu --devices 2   # two CPU processes under DDP (gloo)
     tensorboard --logdir runs
 
 Writes ``runs/fig9/<variant>/version_N/`` (``<variant>/seedS/version_N/`` with several seeds) (TensorBoard logs, ``config.json``) and ``runs/fig9/fig9.png``.
