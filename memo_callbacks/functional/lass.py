@@ -252,8 +252,11 @@ def _normals(keys: Tensor, counters: Tensor, numel: int, dtype: torch.dtype) -> 
     u1 = ((h >> 16) & 0xFFFF).to(dtype).add_(1.0).mul_(2.0**-16)
     angle = (h & 0xFFFF).to(dtype).mul_(2.0 * math.pi * 2.0**-16)
     radius = u1.log_().mul_(-2.0).sqrt_()
-    out = torch.cat([torch.cos(angle).mul_(radius), torch.sin(angle).mul_(radius)], dim=1)  # [B, 2P]
-    return out if out.shape[1] == numel else out[:, :numel]
+    pairs = counters.numel()
+    out = torch.empty((keys.shape[0], 2 * pairs), dtype=dtype, device=keys.device)  # [B, 2P]: cos half, sin half
+    torch.mul(torch.cos(angle), radius, out=out[:, :pairs])
+    torch.mul(torch.sin(angle), radius, out=out[:, pairs:])
+    return out if 2 * pairs == numel else out[:, :numel]
 
 
 def lass_noise(seed: int, sample_ids: Tensor, step: int | Tensor, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> Tensor:
