@@ -126,6 +126,7 @@ FIELD_HELP: dict[str, str] = {
     "adversarial": "adversarial loss weights w swept",
     "adversarial_dropout": "dropout combined with adversarial training",
     "adversarial_max_iter": "LASS steps per training batch of adversarial training",
+    "adversarial_radius": "LASS radius r of adversarial training, 0-255 pixel units (step and noise keep the paper's ratios)",
 }
 
 #: Ranges of the fields many configs share, by field name (keys of :func:`check_int` / :func:`check_real`:
@@ -145,7 +146,7 @@ FIELD_RULES: dict[str, dict[str, Any]] = {
     "dropout": dict(min=0.0, max=1.0, strict_max=True), "input_dropout": dict(min=0.0, max=1.0, strict_max=True),
     "input_noise": dict(min=0.0), "hidden_noise": dict(min=0.0), "weight_decay": dict(min=0.0),
     "adversarial": dict(min=0.0, max=1.0), "adversarial_dropout": dict(min=0.0, max=1.0, strict_max=True),
-    "adversarial_max_iter": dict(min=1),
+    "adversarial_max_iter": dict(min=1), "adversarial_radius": dict(min=0.0, strict_min=True),
 }
 
 
