@@ -40,7 +40,8 @@ NOISE_SCORE_SIGN: dict[str, float] = {
     "el2n": 1.0,  # far from the one-hot label early in training (Paul et al.)
     "grand": 1.0,  # large loss gradient early in training (Paul et al.)
     "confidence": -1.0,  # low mean probability of the assigned label (Swayamdipta et al.)
-    "variability": 1.0,  # hard-to-learn / ambiguous regions have a higher std (Swayamdipta et al.)
+    "variability": -1.0,  # mislabelled examples sit in the hard-to-learn region: low confidence, low variability
+    # (Swayamdipta et al., section 3); high variability marks the ambiguous region instead
     "correctness": -1.0,  # fraction of epochs the assigned label was predicted
     "loss": 1.0,  # mean training loss over epochs
     "loss_sensitivity": 1.0,  # input-gradient norm of the loss (Arpit et al. 2017)
