@@ -26,6 +26,13 @@ from common import Dataset, Progress, noisy_datamodule, parse_config, torch_devi
 from torch import nn
 
 from memo_callbacks.functional import init_mlp_params, memorization_scores
+from memo_callbacks.functional.signals import (
+    area_under_margin,
+    assigned_probability,
+    data_map,
+    forgetting_score,
+    margins,
+)
 
 #: Scores and how to orient them so that a higher value means "more likely noisy".
 DIRECTIONS = {"mem": 1.0, "cscore": -1.0, "forgetting": 1.0, "aum": -1.0, "confidence": -1.0}
@@ -84,16 +91,13 @@ def dynamics_signals(x: torch.Tensor, y: torch.Tensor, cfg: MemorizationConfig, 
             opt.step()
         with torch.no_grad():
             logits = model(flat)  # [N, K]
-            own = logits.gather(1, y[:, None]).squeeze(1)
-            other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
             correct.append(logits.argmax(1) == y)
-            margin.append(own - other)
-            prob.append(logits.softmax(1).gather(1, y[:, None]).squeeze(1))
+            margin.append(margins(logits, y))
+            prob.append(assigned_probability(logits, y))
     hist = torch.stack(correct)  # [T, N]
-    forgetting = (hist[:-1] & ~hist[1:]).sum(0).double()
-    forgetting[~hist.any(0)] = float(cfg.epochs)  # never learned: above any possible count (at most T/2)
-    return {"forgetting": forgetting, "aum": torch.stack(margin).mean(0), "confidence": torch.stack(prob).mean(0),
-            "final_train_acc": hist[-1].double().mean()}
+    # never learned: one above the largest count of a learned example (Toneva et al. rank them as infinitely forgotten)
+    return {"forgetting": forgetting_score(hist), "aum": area_under_margin(torch.stack(margin)),
+            "confidence": data_map(torch.stack(prob), hist).confidence, "final_train_acc": hist[-1].double().mean()}
 
 
 def main(argv: list[str] | None = None) -> dict:
