@@ -133,16 +133,24 @@ class TensorBatchLoader:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[NoisyBatch]:
-        first = 0
-        if self._resume is not None:
-            epoch, done = self._resume
-            if epoch == self.sampler.epoch:
-                first = done
-            else:
-                self._resume = None  # a new epoch starts from its first batch
-        return self._batches(first)
+        return self._batches()
 
-    def _batches(self, first: int) -> Iterator[NoisyBatch]:
+    def _first_batch(self) -> int:
+        """Where this pass starts: after the batches a mid-epoch checkpoint had done, in the epoch it was taken."""
+        if self._resume is None:
+            return 0
+        epoch, done = self._resume
+        if epoch == self.sampler.epoch:
+            return done
+        if self.sampler.epoch > epoch:
+            self._resume = None  # a later epoch starts from its first batch
+        return 0
+
+    def _batches(self) -> Iterator[NoisyBatch]:
+        # A generator: nothing below runs before the first `next`. Lightning creates a restored loader's iterator
+        # before it calls `sampler.set_epoch` for the resumed epoch, so the epoch (the order, and whether the
+        # resume point applies) must be read here, when the first batch is drawn, not in `__iter__`.
+        first = self._first_batch()
         order = self.sampler.indices().to(self.x.device)
         stop = len(self) * self.batch_size
         for start in range(first * self.batch_size, min(stop, order.numel()), self.batch_size):
