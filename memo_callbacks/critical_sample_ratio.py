@@ -121,7 +121,11 @@ class CriticalSampleRatio(Callback):
         pixel_scale: one pixel unit in raw input units; default ``dm.pixel_scale``, else 1/255.
         batch_adapter: turns one collated dataset batch into a :class:`~memo_callbacks.utilities.ParsedBatch`.
         certify: screen each split with certified margin bounds first and search only the samples they cannot
-            prove non-critical (the same critical flags, far fewer LASS steps at small radii); False: plain LASS.
+            prove non-critical (the same critical flags, far fewer LASS steps at small radii). ``"auto"``
+            (default): screen, but when a measurement certifies less than 10% of a split (bounds too loose at
+            this radius and network: the screen would cost more than it saves), search that split without it for
+            the next 4 measurements, then try again (decided from the totals summed over ranks, so every rank
+            agrees; ``csr/<split>_certified`` is logged when the screen ran). True: always screen; False: plain LASS.
 
     Example:
         >>> csr = CriticalSampleRatio(num_samples=500, every_n_epochs=5, train=True)  # the paper's LASS
@@ -141,7 +145,7 @@ class CriticalSampleRatio(Callback):
         input_std: float | Sequence[float] | Tensor | None = None,
         pixel_scale: float | None = None,
         batch_adapter: BatchAdapter | None = None,
-        certify: bool = True,
+        certify: bool | Literal["auto"] = "auto",
         epochs: Sequence[int] | None = None,
     ) -> None:
         for name, value in (("num_samples", num_samples), ("num_train_samples", num_train_samples)):
@@ -170,8 +174,10 @@ class CriticalSampleRatio(Callback):
             if input_std.numel() == 0 or not bool(((input_std > 0) & torch.isfinite(input_std)).all()):
                 raise ValueError(f"`input_std` must be non-empty, finite and > 0, got {input_std.tolist()}")
         check_callable(batch_adapter, "batch_adapter")
-        check_bool(certify, "certify")
+        if not (isinstance(certify, bool) or (isinstance(certify, str) and certify == "auto")):
+            raise ValueError(f"`certify` must be True, False or 'auto', got {certify!r}")
         self.certify = certify
+        self._screen_skip: dict[str, int] = {}  # certify="auto": measurements per split left without the screen
         #: The LASS settings (the attributes below are read from it).
         self.lass = lass
         radius, step_size, noise_std, unit = lass.radius, lass.step_size, lass.noise_std, lass.unit
@@ -223,10 +229,11 @@ class CriticalSampleRatio(Callback):
         self._measure(trainer, pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"history": [dict(entry) for entry in self.history]}
+        return {"history": [dict(entry) for entry in self.history], "screen_skip": dict(self._screen_skip)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.history = [dict(entry) for entry in state_dict["history"]]
+        self._screen_skip = dict(state_dict.get("screen_skip", {}))
 
     # ------------------------------------------------------------------------------------------------ internals
     def _due(self, trainer: Trainer) -> bool:
@@ -246,9 +253,11 @@ class CriticalSampleRatio(Callback):
         entry: dict[str, float | int] = {"epoch": trainer.current_epoch, "global_step": trainer.global_step}
         writer = find_tensorboard(trainer) if trainer.is_global_zero else None
         for split in splits:
-            counts, hist = self._search(pl_module, split, trainer.datamodule)  # local: [2 groups, 4], [max_iter + 1]
+            screen = self._screen_due(split.name)
+            counts, hist = self._search(pl_module, split, trainer.datamodule, screen)  # [2 groups, 4], [max_iter + 1]
             counts, hist = all_reduce_sum(trainer, counts), all_reduce_sum(trainer, hist)  # every rank, exact
-            entry.update(self._summarise(split, counts))
+            entry.update(self._summarise(split, counts, screen))
+            self._update_screen(split.name, counts, screen)
             if writer is not None and int(hist.sum()) > 0:
                 self._log_histogram(writer, f"csr/{split.name}_iterations_hist", hist, trainer.global_step)
         entry["csr/seconds"] = _max_over_ranks(trainer, time.perf_counter() - start)
@@ -260,12 +269,28 @@ class CriticalSampleRatio(Callback):
         log_epoch_scalars(trainer, {k: v for k, v in entry.items() if k.startswith("csr/")}, entry["epoch"])
         add_epoch_layout(trainer, "memorization: csr", _epoch_charts([s.name for s in splits], self.certify))
 
-    def _search(self, pl_module: LightningModule, split: _Split, dm: Any) -> tuple[Tensor, Tensor]:
+    def _screen_due(self, name: str) -> bool:
+        if self.certify != "auto":
+            return bool(self.certify)
+        left = self._screen_skip.get(name, 0)
+        if left > 0:
+            self._screen_skip[name] = left - 1
+            return False
+        return True
+
+    def _update_screen(self, name: str, counts: Tensor, screened: bool) -> None:
+        """certify="auto": after a screened measurement that certified under 10% of the split, skip the screen for
+        the next 4 (the totals are summed over ranks: every rank decides the same)."""
+        if self.certify == "auto" and screened:
+            total = counts.sum(0)
+            self._screen_skip[name] = _AUTO_SKIP if int(total[3]) < _AUTO_MIN_SHARE * int(total[1]) else 0
+
+    def _search(self, pl_module: LightningModule, split: _Split, dm: Any, screen: bool) -> tuple[Tensor, Tensor]:
         x = split.x
         r, alpha, beta = (self._to_input_units(v, x, dm) for v in (self.radius, self.step_size, self.noise_std))
         out = lass(
             pl_module, x, radius=r, step_size=alpha, noise_std=beta, max_iter=self.max_iter, seed=self.seed,
-            sample_ids=split.ids, clip=self._clip_bounds(x, dm), batch_size=self.batch_size, certify=self.certify,
+            sample_ids=split.ids, clip=self._clip_bounds(x, dm), batch_size=self.batch_size, certify=screen,
         )
         critical, iterations = out.critical.cpu(), out.iterations.cpu()
         group = split.noisy.long() if split.noisy is not None else torch.zeros(len(x), dtype=torch.long)
@@ -278,10 +303,10 @@ class CriticalSampleRatio(Callback):
         hist = torch.bincount(iterations[critical], minlength=self.max_iter + 1)  # [max_iter + 1], index 0 unused
         return counts, hist
 
-    def _summarise(self, split: _Split, counts: Tensor) -> dict[str, float]:
+    def _summarise(self, split: _Split, counts: Tensor, screened: bool) -> dict[str, float]:
         total = counts.sum(0)
         out = {f"csr/{split.name}": _ratio(total[0], total[1]), f"csr/{split.name}_iterations": _ratio(total[2], total[0])}
-        if self.certify:
+        if screened:
             out[f"csr/{split.name}_certified"] = _ratio(total[3], total[1])
         if split.noisy is not None:
             for g, part in ((0, "clean"), (1, "noisy")):
@@ -374,12 +399,18 @@ class CriticalSampleRatio(Callback):
         return tuple(torch.as_tensor(b, dtype=torch.float32).cpu().reshape(shape) for b in (low, high))  # [C, 1, ..]
 
 
+#: certify="auto": a screen certifying less than this share of a split is skipped for the next _AUTO_SKIP measurements.
+_AUTO_MIN_SHARE = 0.1
+_AUTO_SKIP = 4
+
+
 def _epoch_charts(splits: Sequence[str], certify: bool) -> dict[str, list[str]]:
     """The custom-scalars charts of the ``by_epoch/csr/*`` tags (see :func:`add_epoch_layout`)."""
     ratios = [f"csr/{name}{part}" for name in splits for part in ("", "_clean", "_noisy")]
     charts = {"critical sample ratio": ratios, "LASS steps to a flip": [f"csr/{name}_iterations" for name in splits]}
     if certify:
         charts["certified non-critical"] = [f"csr/{name}_certified" for name in splits]
+    charts["seconds per measurement"] = ["csr/seconds"]
     return charts
 
 

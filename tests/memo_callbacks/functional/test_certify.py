@@ -289,8 +289,35 @@ def test_lass_rejects_a_bad_certify_argument():
     net = nn.Sequential(nn.Linear(4, 3))
     with pytest.raises(ValueError, match=r"`certify` must be a bool or one of 'ibp', 'crown-ibp', 'crown', got 'yes'"):
         lass(net, torch.zeros(2, 4), radius=0.1, step_size=0.1, noise_std=0.0, certify="yes")
-    with pytest.raises(TypeError, match=r"`certify` must be a bool, got 1"):
-        CriticalSampleRatio(certify=1)
+    for bad in (1, "yes", None):
+        with pytest.raises(ValueError, match=r"`certify` must be True, False or 'auto', got"):
+            CriticalSampleRatio(certify=bad)
+
+
+def test_auto_screen_is_skipped_after_it_certifies_little_and_retried(tmp_path):
+    """certify="auto": a screened measurement that certifies < 10% of the split turns the screen off for the next
+    4 measurements, then it is tried again; the CSR values are those of plain LASS throughout."""
+    import pytorch_lightning as pl
+
+    from datamodules import NoisyDigits
+    from models import MLPClassifier
+
+    def run(certify):
+        pl.seed_everything(0, verbose=False)
+        dm = NoisyDigits(subset=200, batch_size=50, seed=0)
+        csr = CriticalSampleRatio(num_samples=30, certify=certify, lass=LASSConfig(radius=30.0, max_iter=3))
+        trainer = pl.Trainer(max_epochs=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=1,
+                             default_root_dir=tmp_path, callbacks=[csr])
+        trainer.fit(MLPClassifier((1, 8, 8), 10, hidden=(16,), lr=0.1), dm)
+        return csr
+
+    auto, plain = run("auto"), run(False)
+    # r = 30 pixel units: the box is far too wide to certify anything
+    assert ["csr/val_certified" in e for e in auto.history] == [True, False, False, False, False, True]
+    assert all(e["csr/val_certified"] == 0.0 for e in auto.history if "csr/val_certified" in e)
+    assert [e["csr/val"] for e in auto.history] == [e["csr/val"] for e in plain.history]
+    assert auto.state_dict()["screen_skip"] == {"val": 4}
 
 
 # ------------------------------------------------------------------------------------------------- the callback
