@@ -402,12 +402,14 @@ def run(root, ckpt=None):
     return ls, trainer
 
 straight, trainer = run(f"{OUT}/full")
+weights = {k: v.clone() for k, v in trainer.lightning_module.state_dict().items()}
 resumed, trainer = run(f"{OUT}/resumed", ckpt=f"{OUT}/full/epoch=0-step=2.ckpt")  # saved mid-epoch 0
 later, trainer = run(f"{OUT}/later", ckpt=f"{OUT}/full/epoch=1-step=4.ckpt")  # saved mid-epoch 1 (1 of 3 batches)
 if trainer.is_global_zero:
     torch.save({"straight": (straight.total_sum, straight.total_count),
                 "resumed": (resumed.total_sum, resumed.total_count),
-                "later": (later.total_sum, later.total_count)}, f"{OUT}/mid.pt")
+                "later": (later.total_sum, later.total_count),
+                "weights": (weights, trainer.lightning_module.state_dict())}, f"{OUT}/mid.pt")
 """
 
 
@@ -424,6 +426,9 @@ def test_mid_epoch_resume_on_two_processes_keeps_every_rank_s_partial_sums(tmp_p
     later_sum, later_count = out["later"]  # a checkpoint taken mid-epoch after the first epoch
     assert torch.equal(later_count, straight_count)
     torch.testing.assert_close(later_sum, straight_sum, rtol=1e-5, atol=0)
+    straight_weights, later_weights = out["weights"]
+    for name, w in straight_weights.items():
+        assert torch.equal(later_weights[name], w), name  # bit-identical to the uninterrupted run
 
 
 @pytest.mark.parametrize("every", [2, 3])
