@@ -257,6 +257,7 @@ class CriticalSampleRatio(Callback):
             counts, hist = self._search(pl_module, split, trainer.datamodule, screen)  # [2 groups, 4], [max_iter + 1]
             counts, hist = all_reduce_sum(trainer, counts), all_reduce_sum(trainer, hist)  # every rank, exact
             entry.update(self._summarise(split, counts, screen))
+            self._warn_nonfinite(split.name, counts, trainer.current_epoch)
             self._update_screen(split.name, counts, screen)
             if writer is not None and int(hist.sum()) > 0:
                 self._log_histogram(writer, f"csr/{split.name}_iterations_hist", hist, trainer.global_step)
@@ -294,12 +295,15 @@ class CriticalSampleRatio(Callback):
         )
         critical, iterations = out.critical.cpu(), out.iterations.cpu()
         group = split.noisy.long() if split.noisy is not None else torch.zeros(len(x), dtype=torch.long)
-        counts = torch.zeros(2, 4, dtype=torch.int64)  # per group: critical, examined, sum of steps to a flip, certified
+        # per group: critical, examined, sum of steps to a flip, certified, non-finite clean logits
+        counts = torch.zeros(2, 5, dtype=torch.int64)
         counts[:, 0] = torch.bincount(group, weights=critical.double(), minlength=2).long()
         counts[:, 1] = torch.bincount(group, minlength=2)
         counts[:, 2] = torch.bincount(group, weights=(iterations * critical).double(), minlength=2).long()
         if out.certified is not None:
             counts[:, 3] = torch.bincount(group, weights=out.certified.cpu().double(), minlength=2).long()
+        if out.nonfinite is not None:
+            counts[:, 4] = torch.bincount(group, weights=out.nonfinite.cpu().double(), minlength=2).long()
         hist = torch.bincount(iterations[critical], minlength=self.max_iter + 1)  # [max_iter + 1], index 0 unused
         return counts, hist
 
@@ -312,7 +316,18 @@ class CriticalSampleRatio(Callback):
             for g, part in ((0, "clean"), (1, "noisy")):
                 if int(counts[g, 1]) > 0:
                     out[f"csr/{split.name}_{part}"] = _ratio(counts[g, 0], counts[g, 1])
+        if int(total[4]) > 0:  # a diverged model: no ratio is a result (its samples are neither critical nor not)
+            out = {key: float("nan") for key in out}
         return out
+
+    def _warn_nonfinite(self, name: str, counts: Tensor, epoch: int) -> None:
+        """One rank-zero warning when some examined samples had non-finite clean logits (counts summed over ranks)."""
+        bad = int(counts.sum(0)[4])
+        if bad > 0:
+            rank_zero_warn(
+                f"CriticalSampleRatio: epoch {epoch}, split {name!r}: {bad} of {int(counts.sum(0)[1])} examined "
+                f"samples have non-finite (NaN or infinite) logits: the model diverged; csr/{name} is logged as NaN"
+            )
 
     def _log_histogram(self, writer: Any, tag: str, hist: Tensor, step: int) -> None:
         steps = torch.arange(hist.numel(), dtype=torch.float64)

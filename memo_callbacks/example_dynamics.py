@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 from pytorch_lightning import Callback, LightningModule, Trainer
+from pytorch_lightning.utilities import rank_zero_warn
 from torch import Tensor
 
 from memo_callbacks.functional.dynamics import (
@@ -348,8 +349,10 @@ class ExampleDynamics(Callback):
         correct, loss = example_outcomes(logits.detach(), y, self.loss_fn)
         dynamics_update(stats[:3], parsed.index, correct, loss)
         index = parsed.index.to(stats.device)
-        stats[5].index_add_(0, index, margins(logits, y).to(stats.device, stats.dtype))
-        stats[6].index_add_(0, index, assigned_probability(logits, y).to(stats.device, stats.dtype))
+        finite = torch.isfinite(logits).all(dim=1)  # a diverged row: NaN margin and probability, never +-inf or 0
+        nan = torch.tensor(float("nan"), device=logits.device)
+        stats[5].index_add_(0, index, torch.where(finite, margins(logits, y), nan).to(stats.device, stats.dtype))
+        stats[6].index_add_(0, index, torch.where(finite, assigned_probability(logits, y), nan).to(stats.device, stats.dtype))
         if parsed.noisy is not None:
             index = parsed.index.to(stats.device)
             stats[3].index_add_(0, index, parsed.noisy.to(stats.device, stats.dtype))
@@ -410,6 +413,12 @@ class ExampleDynamics(Callback):
         stats = all_reduce_sum(trainer, stats).cpu()  # [7, N] summed over ranks, every rank
         correct, loss = dynamics_compute(stats[:3], self.loss_dtype)
         seen = stats[2] > 0
+        diverged = int((seen & stats[1].isnan()).sum())  # rank-summed: examples with non-finite logits
+        if diverged > 0:
+            rank_zero_warn(
+                f"ExampleDynamics: epoch {epoch}: {diverged} example(s) have non-finite (NaN or infinite) logits: the "
+                "model diverged; they count as not fitted, with NaN loss, margin and probability"
+            )
         margin = torch.where(seen, stats[5] / stats[2].clamp_min(1), torch.nan).float()
         prob = torch.where(seen, stats[6] / stats[2].clamp_min(1), torch.nan).float()
         if not self._noisy_from_datamodule and bool(stats[4].sum() > 0):  # the batches carried noisy flags
@@ -440,6 +449,11 @@ class ExampleDynamics(Callback):
             for group, value in clean_noisy_means(values, h.noisy, valid).items():
                 if value == value:  # not NaN: the group is not empty
                     metrics[f"{self.name}/{key}_{group}"] = value
+        loss_nan = observed & h.loss[-1].isnan()  # non-finite logits (a diverged model): the mean loss is NaN, not 0
+        if bool(loss_nan.any()):
+            for group, share in clean_noisy_means(loss_nan, h.noisy, observed).items():
+                if share == share and share > 0:
+                    metrics[f"{self.name}/loss_{group}"] = float("nan")
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=epoch)
         log_epoch_scalars(trainer, metrics, epoch)  # also under by_epoch/, beside the other callbacks' epoch curves

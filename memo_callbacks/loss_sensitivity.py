@@ -527,13 +527,19 @@ class LossSensitivity(Callback):
         self.last_g_bar, self.last_class_matrix = g_bar, None if matrix is None else matrix.cpu()
         if not bool(seen.any()):
             return
-        record = {"epoch": float(trainer.current_epoch), "gini": gini(g_bar[seen])}
+        diverged = int((seen & ~torch.isfinite(g_bar)).sum())  # rank-summed: every rank agrees
+        if diverged > 0:
+            rank_zero_warn(
+                f"LossSensitivity: epoch {trainer.current_epoch}: {diverged} example(s) have non-finite (NaN or "
+                f"infinite) loss gradients: the model diverged; {self.prefix}/gini is logged as NaN"
+            )
+        record = {"epoch": float(trainer.current_epoch), "gini": _gini_or_nan(g_bar[seen])}
         noisy = find_noisy_mask(trainer)  # the datamodule's noisy_mask, else that of a WithIndex training dataset
         if isinstance(noisy, Tensor) and noisy.numel() == n:
             noisy = noisy.cpu().bool()
             for name, part in (("gini_clean", seen & ~noisy), ("gini_noisy", seen & noisy)):
                 if bool(part.any()):
-                    record[name] = gini(g_bar[part])
+                    record[name] = _gini_or_nan(g_bar[part])
         self.history.append(record)
         for name, value in record.items():
             if name != "epoch":
@@ -587,3 +593,8 @@ def _heatmap(matrix: Tensor):
     fig.colorbar(im, ax=ax)
     fig.tight_layout()
     return fig
+
+
+def _gini_or_nan(values: Tensor) -> float:
+    """The Gini coefficient, or NaN when some value is not finite (a diverged model: no result to report)."""
+    return gini(values) if bool(torch.isfinite(values).all()) else float("nan")

@@ -42,7 +42,8 @@ def example_outcomes(logits: Tensor, targets: Tensor, loss_fn: PerExampleLoss | 
         loss_fn: per-example loss; cross-entropy by default.
 
     Returns:
-        ``([B] bool, [B] float)``: correctness and loss.
+        ``([B] bool, [B] float)``: correctness and loss; a row whose logits are not all finite is not correct and
+        its loss is NaN (never a large number that looks like a result).
 
     Raises:
         ValueError: when the shapes do not match.
@@ -54,7 +55,10 @@ def example_outcomes(logits: Tensor, targets: Tensor, loss_fn: PerExampleLoss | 
     loss = (loss_fn or per_example_cross_entropy)(logits, targets)
     if loss.shape != targets.shape:
         raise ValueError(f"`loss_fn` must return one loss per example, shape {tuple(targets.shape)}, got {tuple(loss.shape)}")
-    return logits.argmax(dim=1) == targets, loss.detach()
+    # A row with a NaN or infinite logit (a diverged model) is not fitted, whatever its argmax, and has no loss.
+    finite = torch.isfinite(logits).all(dim=1)
+    loss = torch.where(finite, loss.detach(), torch.full_like(loss.detach(), float("nan")))
+    return (logits.argmax(dim=1) == targets) & finite, loss
 
 
 def dynamics_update(stats: Tensor, index: Tensor, correct: Tensor, loss: Tensor) -> None:

@@ -77,6 +77,9 @@ class LassResult:
             clean point of a certified sample), or None unless ``return_adversarial``.
         certified: ``[N]`` bool, the samples the ``certify`` screen proved non-critical (not searched), or None
             when no screen ran.
+        nonfinite: ``[N]`` bool, the samples whose clean logits hold a NaN or an infinity (a diverged model): they
+            are neither critical nor non-critical (``critical=False``, ``iterations=0``, never searched) and must be
+            left out of any ratio. None only for results built by hand.
     """
 
     critical: Tensor
@@ -84,6 +87,7 @@ class LassResult:
     predicted: Tensor
     adversarial: Tensor | None = None
     certified: Tensor | None = None
+    nonfinite: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -409,6 +413,9 @@ def lass(
         raise ValueError(f"`x` must be a [N, ...] tensor with at least 2 dimensions, got {getattr(x, 'shape', x)!r}")
     if not x.is_floating_point():
         raise TypeError(f"`x` must be a floating tensor, got dtype {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"`x` must be finite, got {bad} NaN or infinite value(s) in a tensor of shape {tuple(x.shape)}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"`max_iter` must be an integer >= 1, got {max_iter!r}")
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
@@ -487,7 +494,9 @@ def _merge_screened(out: LassResult, screen, rest: Tensor, clean: Tensor, dtype:
     if out.adversarial is not None:
         adversarial = clean.detach().to(device=device, dtype=dtype).clone()  # a certified sample's: its clean point
         adversarial[rest] = out.adversarial
-    return LassResult(critical, iterations, predicted, adversarial, certified)
+    nonfinite = torch.zeros_like(certified)
+    nonfinite[rest] = out.nonfinite
+    return LassResult(critical, iterations, predicted, adversarial, certified, nonfinite)
 
 
 def _no_autocast(device: torch.device):
@@ -524,9 +533,10 @@ def _search(
     critical = torch.zeros(n, dtype=torch.bool, device=device)
     iterations = torch.full((n,), max_iter, dtype=torch.int64, device=device)
     predicted = torch.zeros(n, dtype=torch.int64, device=device)
+    nonfinite = torch.zeros(n, dtype=torch.bool, device=device)
     adversarial = torch.empty((n, *sample_shape), **put) if return_adversarial else None
     if n == 0:
-        return LassResult(critical, iterations, predicted, adversarial)
+        return LassResult(critical, iterations, predicted, adversarial, nonfinite=nonfinite)
 
     def load(rows: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Clean points and box bounds ``[b, ...]`` of the samples ``rows`` (indices into x)."""
@@ -550,6 +560,7 @@ def _search(
     ref = torch.zeros(active, dtype=torch.int64, device=device)
     frozen = torch.zeros(active, dtype=torch.bool, device=device)
     flip = torch.zeros(active, dtype=torch.bool, device=device)
+    bad = torch.zeros(active, dtype=torch.bool, device=device)  # non-finite clean logits: retired at step 0
     queued = active  # next sample to start
     tick = 0
 
@@ -566,7 +577,8 @@ def _search(
         fresh = step == 0
         ref = torch.where(fresh, pred, ref)
         flipped = (pred != ref) & ~fresh  # the check of step `step` (the clean point cannot flip)
-        finishing = (flipped | (step >= max_iter)) & ~frozen
+        bad = bad | (fresh & ~frozen & ~torch.isfinite(logits.detach()).all(1))
+        finishing = (flipped | (step >= max_iter) | bad) & ~frozen
         flip = flip | (finishing & flipped)
         frozen = frozen | finishing
         tick += 1
@@ -583,6 +595,7 @@ def _search(
             critical[finished] = flip[done_rows]
             iterations[finished] = step[done_rows]
             predicted[finished] = ref[done_rows]
+            nonfinite[finished] = bad[done_rows]
             if adversarial is not None:
                 adversarial[finished] = point[done_rows]
         if n_done < active:  # rows retired now are stepped too, then replaced: cheaper than selecting
@@ -598,15 +611,15 @@ def _search(
             queued += refill
             point[rows], lo[rows], hi[rows] = load(new)
             slot[rows], step[rows] = new, 0
-            frozen[rows] = flip[rows] = False
+            frozen[rows] = flip[rows] = bad[rows] = False
         if refill < n_done:
             live = (~frozen).nonzero().squeeze(1)
-            point, lo, hi, slot, step, ref, frozen, flip = (
-                t[live] for t in (point, lo, hi, slot, step, ref, frozen, flip)
+            point, lo, hi, slot, step, ref, frozen, flip, bad = (
+                t[live] for t in (point, lo, hi, slot, step, ref, frozen, flip, bad)
             )
             active = live.numel()
 
-    return LassResult(critical, iterations, predicted, adversarial)
+    return LassResult(critical, iterations, predicted, adversarial, nonfinite=nonfinite)
 
 
 @torch.no_grad()
