@@ -69,7 +69,8 @@ class CriticalSampleRatio(Callback):
     at mid-epoch validations; with ``check_val_every_n_epoch`` it runs only in epochs that validate), it runs
     :func:`~memo_callbacks.functional.lass` on a fixed seeded subset of the clean validation set and logs
 
-    - ``csr/val``: critical samples / samples examined;
+    - ``csr/val``: critical samples / samples examined (NaN, with a warning naming the epoch and the count, when any
+      examined sample has non-finite clean logits: a diverged model has no critical sample ratio);
     - ``csr/val_iterations``: mean number of LASS steps to a flip, over the critical samples;
     - a TensorBoard histogram ``csr/val_iterations_hist`` of those step counts (when a TensorBoard logger is used);
     - ``csr/val_certified`` (with ``certify=True``): the share of the examined samples proved non-critical by
