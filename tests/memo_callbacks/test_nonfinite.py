@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from memo_callbacks.functional.dynamics import example_outcomes
 from memo_callbacks.functional.gini import gini
 from memo_callbacks.functional.lass import LASSConfig, lass
 from models import MLPClassifier
-from tests.helpers import quiet_trainer
+from tests.helpers import quiet_trainer, run_ddp_script
 
 
 class PoisonAt(pl.Callback):
@@ -118,3 +119,43 @@ def test_loss_sensitivity_logs_nan_gini_without_crashing(tmp_path: Path):
     with pytest.warns(UserWarning, match=r"LossSensitivity: epoch 1: \d+ example\(s\) have non-finite .* diverged"):
         _fit(tmp_path, [cb])
     assert math.isfinite(cb.history[0]["gini"]) and math.isnan(cb.history[1]["gini"])
+
+
+def test_csr_divergence_counts_are_summed_over_two_ddp_ranks(tmp_path: Path):
+    run_ddp_script(
+        """
+        import json, math, warnings
+        import pytorch_lightning as pl
+        import torch
+        from datamodules import NoisyDigits
+        from memo_callbacks import CriticalSampleRatio
+        from memo_callbacks.functional.lass import LASSConfig
+        from models import MLPClassifier
+
+        class PoisonAt(pl.Callback):
+            def on_train_epoch_start(self, trainer, pl_module):
+                if trainer.current_epoch == 1:
+                    with torch.no_grad():
+                        for p in pl_module.parameters():
+                            p.fill_(float("nan"))
+
+        dm = NoisyDigits(subset=200, batch_size=50, seed=0, data_dir=OUT)
+        csr = CriticalSampleRatio(num_samples=30, lass=LASSConfig(max_iter=3), certify=False)
+        trainer = pl.Trainer(accelerator="cpu", devices=DEVICES, strategy="ddp", max_epochs=2, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                             num_sanity_val_steps=0, default_root_dir=OUT, callbacks=[PoisonAt(), csr])
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            trainer.fit(MLPClassifier(in_shape=(1, 8, 8), num_classes=10, hidden=(16,)), dm)
+        messages = [str(w.message) for w in caught if "CriticalSampleRatio: epoch" in str(w.message)]
+        values = [e["csr/val"] for e in csr.history]
+        with open(f"{OUT}/rank{trainer.global_rank}.json", "w") as f:
+            json.dump({"messages": messages, "finite": [math.isfinite(v) for v in values]}, f)
+        """,
+        tmp_path,
+    )
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["finite"] == [True, False]  # every rank logs the same NaN at epoch 1
+    assert len(ranks[0]["messages"]) == 1 and "30 of 30 examined samples" in ranks[0]["messages"][0]
+    assert ranks[1]["messages"] == []  # rank zero only
