@@ -159,3 +159,13 @@ def test_csr_divergence_counts_are_summed_over_two_ddp_ranks(tmp_path: Path):
         assert rank["finite"] == [True, False]  # every rank logs the same NaN at epoch 1
     assert len(ranks[0]["messages"]) == 1 and "30 of 30 examined samples" in ranks[0]["messages"][0]
     assert ranks[1]["messages"] == []  # rank zero only
+
+
+@pytest.mark.parametrize("certify", ["ibp", "crown"])
+def test_certify_screen_never_certifies_a_sample_with_non_finite_logits(certify):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].weight[0, 0] = float("nan")  # every logit row holds a NaN
+    x = torch.randn(5, 4, generator=torch.Generator().manual_seed(0))
+    out = lass(model, x, radius=0.01, step_size=0.01, noise_std=0.0, max_iter=3, certify=certify)
+    assert not bool(out.certified.any()) and bool(out.nonfinite.all()) and not bool(out.critical.any())
