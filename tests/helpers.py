@@ -71,7 +71,15 @@ def run_ddp_script(body: str, tmp_path: Path, devices: int = 2, timeout: int = 3
     """
     script = tmp_path / "ddp_script.py"
     header = f"OUT = {str(tmp_path)!r}\nDEVICES = {devices}\n"
-    script.write_text(header + textwrap.dedent(body))
+    # Tear the process group down before the interpreter exits: gloo's worker threads otherwise may still hold
+    # work objects at finalization and abort the process ("terminate called without an active exception", -6).
+    footer = (
+        "\nimport torch.distributed as _dist\n"
+        "if _dist.is_available() and _dist.is_initialized():\n"
+        "    _dist.barrier()\n"
+        "    _dist.destroy_process_group()\n"
+    )
+    script.write_text(header + textwrap.dedent(body) + footer)
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1", PL_DISABLE_FORK="1")
     proc = subprocess.run(
         [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout
