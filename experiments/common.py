@@ -8,6 +8,8 @@ its resolved config, TensorBoard logs and figure side by side under ``runs/<figu
 
 from __future__ import annotations
 
+import math
+
 import argparse
 import contextlib
 import dataclasses
@@ -833,3 +835,12 @@ def seed_band(curves: list[tuple[list, list]]) -> tuple[list, list, list, list]:
     common = sorted(set.intersection(*(set(xs) for xs, _ in curves))) if curves else []
     table = [[dict(zip(xs, ys))[x] for xs, ys in curves] for x in common]  # [X, seeds]
     return (common, [sum(v) / len(v) for v in table], [min(v) for v in table], [max(v) for v in table])
+
+
+def mean_std(values: list[float]) -> str:
+    """``"m ± sd"`` (sample std) of per-seed values for a results table; just ``"m"`` for one value."""
+    m = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{m:.3f}"
+    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return f"{m:.3f} ± {sd:.3f}"

@@ -17,12 +17,11 @@ Writes ``runs/memorization_scores/`` (``config.json``, ``results.json``, ``table
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from common import Dataset, Progress, noisy_datamodule, parse_config, torch_device
+from common import Dataset, Progress, mean_std, noisy_datamodule, parse_config, torch_device
 from torch import nn
 
 from memo_callbacks.functional import init_mlp_params, memorization_scores
@@ -151,14 +150,6 @@ def main(argv: list[str] | None = None) -> dict:
     return {"rows": rows, "table": table}
 
 
-def _mean_std(values: list[float]) -> str:
-    m = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{m:.3f}"
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-    return f"{m:.3f} ± {sd:.3f}"
-
-
 def _table(rows: list[dict], cfg: MemorizationConfig) -> str:
     """Markdown: noise-detection AUROC per score, and Spearman correlations, mean ± std over seeds."""
     lines = [f"Mean ± std over seeds {list(cfg.seeds)}; {cfg.num_models} models per run on {cfg.subset_ratio:g} "
@@ -167,8 +158,8 @@ def _table(rows: list[dict], cfg: MemorizationConfig) -> str:
              + " |", "| --- " * (4 + len(DIRECTIONS)) + "|"]
     for f in cfg.fractions:
         rs = [r for r in rows if r["fraction"] == f]
-        cells = [_mean_std([r[k] for r in rs]) for k in ("mem_clean", "mem_noisy", "mem_stderr")]
-        cells += [_mean_std([r[f"auroc_{k}"] for r in rs]) for k in DIRECTIONS]
+        cells = [mean_std([r[k] for r in rs]) for k in ("mem_clean", "mem_noisy", "mem_stderr")]
+        cells += [mean_std([r[f"auroc_{k}"] for r in rs]) for k in DIRECTIONS]
         lines.append(f"| {f:g} | " + " | ".join(cells) + " |")
     lines += ["", "Spearman rank correlation of the subset scores with the signals of one ordinary run, over all "
               "training examples (and over the clean ones only):", "",
@@ -176,8 +167,8 @@ def _table(rows: list[dict], cfg: MemorizationConfig) -> str:
     for f in cfg.fractions:
         rs = [r for r in rows if r["fraction"] == f]
         for score in ("mem", "cscore"):
-            cells = [f"{_mean_std([r[f'rho_{score}_{s}_all'] for r in rs])} "
-                     f"({_mean_std([r[f'rho_{score}_{s}_clean'] for r in rs])})" for s in SIGNALS]
+            cells = [f"{mean_std([r[f'rho_{score}_{s}_all'] for r in rs])} "
+                     f"({mean_std([r[f'rho_{score}_{s}_clean'] for r in rs])})" for s in SIGNALS]
             lines.append(f"| {f:g} | {score} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from common import Dataset, Progress, UsageError, noisy_datamodule, parse_config
+from common import Dataset, Progress, UsageError, mean_std, noisy_datamodule, parse_config
 from torch import nn
 
 from memo_callbacks.functional import init_mlp_params
@@ -182,14 +182,6 @@ def main(argv: list[str] | None = None) -> dict:
     return {"rows": rows, "table": table}
 
 
-def _mean_std(values: list[float]) -> str:
-    m = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{m:.3f}"
-    sd = math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-    return f"{m:.3f} ± {sd:.3f}"
-
-
 def _table(rows: list[dict], cfg: NoiseDetectionConfig) -> str:
     lines = [f"{cfg.dataset}, randY; mean ± std over seeds {list(cfg.seeds)}; MLP {cfg.hidden}, {cfg.epochs} epochs, "
              f"SGD lr {cfg.lr:g}, batch {cfg.batch_size}; EL2N/GraNd after epoch {cfg.early_epoch}; cleanlab on "
@@ -199,13 +191,13 @@ def _table(rows: list[dict], cfg: NoiseDetectionConfig) -> str:
                   "| randY | " + " | ".join(SIGNALS) + " |", "| --- " * (1 + len(SIGNALS)) + "|"]
         for f in cfg.fractions:
             rs = [r for r in rows if r["fraction"] == f]
-            lines.append(f"| {f:g} | " + " | ".join(_mean_std([r[f"{metric}_{n}"] for r in rs]) for n in SIGNALS) + " |")
+            lines.append(f"| {f:g} | " + " | ".join(mean_std([r[f"{metric}_{n}"] for r in rs]) for n in SIGNALS) + " |")
         lines.append("")
     lines += ["cleanlab's own flags (find_label_issues):", "", "| randY | flagged | precision | recall | final train acc |",
               "| --- | --- | --- | --- | --- |"]
     for f in cfg.fractions:
         rs = [r for r in rows if r["fraction"] == f]
-        lines.append(f"| {f:g} | " + " | ".join(_mean_std([float(r[k]) for r in rs]) for k in
+        lines.append(f"| {f:g} | " + " | ".join(mean_std([float(r[k]) for r in rs]) for k in
                                                  ("cleanlab_flagged", "cleanlab_flag_precision", "cleanlab_flag_recall",
                                                   "train_acc")) + " |")
     return "\n".join(lines) + "\n"

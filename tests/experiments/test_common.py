@@ -105,3 +105,10 @@ def test_epoch_metrics_rows_hold_each_epochs_own_values():
     for row in metrics.rows:
         assert row["train/acc"] == pytest.approx((row["train/acc_clean"] + row["train/acc_noisy"]) / 2, abs=1e-6)
     assert metrics.series("val/acc")[0] == [1, 2, 3]
+
+
+def test_mean_std_formats_one_value_and_the_sample_std():
+    from common import mean_std
+
+    assert mean_std([0.5]) == "0.500"
+    assert mean_std([0.9, 1.0, 1.1]) == "1.000 ± 0.100"  # sample std (n - 1)
