@@ -47,6 +47,7 @@ class NoiseLevelConfig:
     lr_halving_epochs: int = 15
     subset: int = 0
     csr_samples: int = 1000
+    csr_every: int = 1  # epochs between CSR measurements (1 = every epoch, as the paper's curves)
     radius: float = 0.3  # pixel units (the paper's r); step and noise keep the paper's ratios to it
     max_iter: int = 100
     seeds: tuple[int, ...] = (0,)  # one run per seed and condition; the figure shows the mean and the min-max band
@@ -99,7 +100,7 @@ def _one_run(figure: str, cfg: NoiseLevelConfig, args, kind: str, fraction: floa
                              momentum=cfg.momentum, lr_halving_epochs=cfg.lr_halving_epochs or None)
     lass = LASSConfig(radius=cfg.radius, step_size=cfg.radius * 0.25 / 0.3, noise_std=cfg.radius * 0.2 / 0.3,
                       max_iter=cfg.max_iter, seed=seed)
-    csr = CriticalSampleRatio(num_samples=cfg.csr_samples, lass=lass)
+    csr = CriticalSampleRatio(num_samples=cfg.csr_samples, every_n_epochs=cfg.csr_every, lass=lass)
     name = ("real" if fraction == 0 else f"{kind}_{fraction:.2f}") + f"/seed{seed}"
     metrics = fit(args, figure, name, cfg, dm, model, cfg.epochs, [csr], noise=KINDS[kind] if fraction else "none",
                   fraction=fraction, seed=seed)

@@ -151,6 +151,15 @@ def test_noise_level_figures_run_both_noise_kinds(tmp_path: Path, figure: str):
     assert_png(tmp_path / figure / f"{figure}.png")
 
 
+def test_noise_levels_csr_every_measures_only_those_epochs(tmp_path: Path):
+    fig8 = load("fig8")
+    fig8.main(["--quick", "--epochs", "4", "--hidden", "8", "--csr-samples", "10", "--max-iter", "2",
+               "--csr-every", "2", "--fractions", "0", "0.5", "--noises", "randY", "--out", str(tmp_path)])
+    events = accumulator(run_dir(tmp_path, "fig8", "real/seed0"))
+    assert [e.step for e in events.Scalars("by_epoch/csr/val")] == [1, 3]  # epochs 2 and 4 (0-based steps 1, 3)
+    assert_png(tmp_path / "fig8" / "fig8.png")
+
+
 def test_paper_datasets_and_radius_of_figures_7_and_8():
     fig7, fig8 = load("fig7"), load("fig8")
     assert (fig7.Fig7Config.dataset, fig7.Fig7Config.model, fig7.Fig7Config.radius) == ("mnist", "mlp", 0.3)
