@@ -53,7 +53,8 @@ def time_training(steps: int, callback: LossSensitivity | None, net: str = "mlp"
             "tiny-cnn": lambda: PaperCNN(shape, 10, width=0.05)}
     model = Classifier(nets[net](), lr=0.01)
     trainer = pl.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=SCRATCH.name,
+                         enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tempfile.mkdtemp(dir=SCRATCH.name),  # one folder per run: no -vN files
                          callbacks=[callback] if callback else [])
     loader = mnist_like(128 * steps, shape=shape)
     start = time.perf_counter()
