@@ -637,6 +637,23 @@ def archive_previous(run: RunArgs, figure: str) -> Path | None:
     return target
 
 
+def output_folder(run: RunArgs, figure: str, config: Any) -> Path:
+    """``<--out>/<figure>``, created, with the resolved configuration in its ``config.json``: the output folder of a
+    script that trains outside a Trainer (one process; Trainer runs write theirs with :func:`save_config`)."""
+    out = Path(run.out) / figure
+    out.mkdir(parents=True, exist_ok=True)
+    blob = {"config": dataclasses.asdict(config), "run": dataclasses.asdict(run), "torch": torch.__version__}
+    (out / "config.json").write_text(json.dumps(blob, indent=2, default=str))
+    return out
+
+
+def write_table(out: Path, rows: list[dict], table: str) -> None:
+    """``results.json`` (the rows) and ``table.md`` (the table, also printed) in ``out``."""
+    (out / "results.json").write_text(json.dumps(rows, indent=2))
+    (out / "table.md").write_text(table)
+    print(table)
+
+
 def save_config(trainer: pl.Trainer, config: Any, run: RunArgs, **extra: Any) -> None:
     """Write the resolved configuration beside the run's TensorBoard logs (rank 0 only)."""
     if trainer.global_rank != 0 or trainer.logger is None:

@@ -16,11 +16,11 @@ Writes ``runs/fig1/`` (``config.json``, ``rates.pt``, TensorBoard scalars) and `
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import Dataset, Progress, Variant, make_datamodule, parse_config, torch_device
+from common import Dataset, Progress, Variant, make_datamodule, output_folder, parse_config, torch_device
 from torch.utils.tensorboard import SummaryWriter
 
 from memo_callbacks.functional import binomial_reference, misclassification_rate, train_ensemble
@@ -48,9 +48,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
                             single_process="its E runs train as one vectorised ensemble, outside a Trainer")
     device = torch_device(run)
     progress = Progress("[fig1]", len(cfg.variants), "variant")
-    out = Path(run.out) / "fig1"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "run": asdict(run)}, indent=2))
+    out = output_folder(run, "fig1", cfg)
     writer = SummaryWriter(str(out))
     rates, summary = {}, {}
     for variant in cfg.variants:

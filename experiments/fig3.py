@@ -19,11 +19,10 @@ Writes ``runs/fig3/`` (``config.json``, ``results.json``, TensorBoard scalars, `
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
-from pathlib import Path
 
-from common import Progress, parse_config, plot_panels
+from common import Progress, output_folder, parse_config, plot_panels
 from sensitivity_runs import Engine, fig3_datamodule, run_protocol
 from torch.utils.tensorboard import SummaryWriter
 
@@ -56,9 +55,7 @@ QUICK = dict(dataset="digits", steps=(500, 2000, 8000, 20000), hidden=(32, 32), 
 def main(argv: list[str] | None = None) -> dict:
     cfg, run = parse_config(Fig3Config, QUICK, __doc__.split("\n")[0], argv, figure="fig3",
                             single_process="each run is a plain SGD loop (or a one-process Trainer)")
-    out = Path(run.out) / "fig3"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "run": asdict(run)}, indent=2))
+    out = output_folder(run, "fig3", cfg)
     writer = SummaryWriter(str(out))
     variants = [("real", False, False), ("random", True, False)]
     if cfg.one_class_per_example:

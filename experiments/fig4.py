@@ -18,12 +18,12 @@ Writes ``runs/fig4/`` (``config.json``, ``matrices.pt``, ``results.json``, ``fig
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Literal
 from pathlib import Path
 
 import torch
-from common import Progress, parse_config
+from common import Progress, output_folder, parse_config
 from sensitivity_runs import Engine, fig3_datamodule, run_protocol
 
 from memo_callbacks.functional.sensitivity import Norm
@@ -78,9 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
     cfg, run = parse_config(Fig4Config, QUICK, __doc__.split("\n")[0], argv, figure="fig4",
                             single_process="each run is a plain SGD loop (or a one-process Trainer)")
     progress = Progress("[fig4]", 2 * cfg.steps, "step", bar=True, blocks=20)
-    out = Path(run.out) / "fig4"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "run": asdict(run)}, indent=2))
+    out = output_folder(run, "fig4", cfg)
     matrices, summary = {}, {}
     for i, (name, random_inputs) in enumerate((("real", False), ("random", True))):
         dm = fig3_datamodule(cfg.dataset, cfg.data_dir, random_inputs, False, cfg.examples, cfg.seed)

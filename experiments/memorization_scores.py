@@ -16,12 +16,11 @@ Writes ``runs/memorization_scores/`` (``config.json``, ``results.json``, ``table
 
 from __future__ import annotations
 
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import Dataset, Progress, mean_std, noisy_datamodule, parse_config, torch_device
+from common import Dataset, Progress, mean_std, noisy_datamodule, output_folder, parse_config, torch_device, write_table
 from torch import nn
 
 from memo_callbacks.functional import init_mlp_params, memorization_scores
@@ -107,10 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
                             single_process="its E models train as one vectorised ensemble, outside a Trainer")
     device = torch_device(run)
     progress = Progress("[memorization_scores]", len(cfg.fractions) * len(cfg.seeds), "run")
-    out = Path(run.out) / "memorization_scores"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "run": asdict(run), "torch": torch.__version__},
-                                                indent=2))
+    out = output_folder(run, "memorization_scores", cfg)
     rows, saved = [], {}
     for fraction in cfg.fractions:
         for seed in cfg.seeds:
@@ -141,10 +137,8 @@ def main(argv: list[str] | None = None) -> dict:
                   f"{row['mem_noisy']:.3f}; AUROC " + ", ".join(f"{k} {row[f'auroc_{k}']:.3f}" for k in DIRECTIONS))
             progress.update(len(rows), f"randY {fraction:g} seed {seed} done")
     torch.save(saved, out / "scores.pt")
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
     table = _table(rows, cfg)
-    (out / "table.md").write_text(table)
-    print(table)
+    write_table(out, rows, table)
     _plot(out / "memorization_scores.png", saved, cfg)
     print(f"[memorization_scores] figure: {out / 'memorization_scores.png'}")
     return {"rows": rows, "table": table}

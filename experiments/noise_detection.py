@@ -16,13 +16,12 @@ Writes ``runs/noise_detection/`` (``config.json``, ``results.json``, ``table.md`
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from common import Dataset, Progress, UsageError, mean_std, noisy_datamodule, parse_config
+from common import Dataset, Progress, UsageError, mean_std, noisy_datamodule, output_folder, parse_config, write_table
 from torch import nn
 
 from memo_callbacks.functional import init_mlp_params
@@ -144,10 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
     if cfg.early_epoch > cfg.epochs:
         raise UsageError(f"--early-epoch must be at most --epochs ({cfg.epochs}), got {cfg.early_epoch}")
     progress = Progress("[noise_detection]", len(cfg.fractions) * len(cfg.seeds), "run")
-    out = Path(run.out) / "noise_detection"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps({"config": asdict(cfg), "run": asdict(run), "torch": torch.__version__},
-                                                indent=2))
+    out = output_folder(run, "noise_detection", cfg)
     rows, first_seed = [], {}
     for fraction in cfg.fractions:
         for seed in cfg.seeds:
@@ -173,10 +169,8 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"[noise_detection] randY {fraction:g} seed {seed}: AUROC "
                   + ", ".join(f"{n} {row[f'auroc_{n}']:.3f}" for n in SIGNALS))
             progress.update(len(rows), f"randY {fraction:g} seed {seed} done")
-    (out / "results.json").write_text(json.dumps(rows, indent=2))
     table = _table(rows, cfg)
-    (out / "table.md").write_text(table)
-    print(table)
+    write_table(out, rows, table)
     _plot(out / "noise_detection.png", first_seed, cfg)
     print(f"[noise_detection] figure: {out / 'noise_detection.png'}")
     return {"rows": rows, "table": table}

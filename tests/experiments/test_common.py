@@ -112,3 +112,23 @@ def test_mean_std_formats_one_value_and_the_sample_std():
 
     assert mean_std([0.5]) == "0.500"
     assert mean_std([0.9, 1.0, 1.1]) == "1.000 ± 0.100"  # sample std (n - 1)
+
+
+def test_output_folder_and_write_table(tmp_path: Path, capsys):
+    import json
+    from dataclasses import dataclass
+
+    from common import RunArgs, output_folder, write_table
+
+    @dataclass
+    class Config:
+        seeds: tuple[int, ...] = (0, 1)
+
+    run = RunArgs(out=str(tmp_path / "runs"))
+    out = output_folder(run, "figX", Config())
+    assert out == tmp_path / "runs" / "figX" and out.is_dir()
+    blob = json.loads((out / "config.json").read_text())
+    assert blob["config"] == {"seeds": [0, 1]} and blob["run"]["out"] == run.out and "torch" in blob
+    write_table(out, [{"seed": 0, "auroc": 0.5}], "| seed | auroc |\n")
+    assert json.loads((out / "results.json").read_text()) == [{"seed": 0, "auroc": 0.5}]
+    assert (out / "table.md").read_text() == "| seed | auroc |\n" and "| seed | auroc |" in capsys.readouterr().out
