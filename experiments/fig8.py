@@ -4,7 +4,8 @@ See ``noise_levels.py`` for the claims. The paper's CIFAR-10 CNN, SGD with momen
 epochs; CSR at the paper's radius r = 0.3 pixel units (0-255 scale, divided by each channel's std).
 
     python experiments/fig8.py --gpus 2 --seeds 0 1 2           # CIFAR-10 (torchvision files), 3 seeds
-    python experiments/fig8.py --dataset cifar10-jpg --width 0.25 --subset 10000 --epochs 15   # CPU-sized, JPEGs
+    python experiments/fig8.py --dataset cifar10-jpg --width 0.1 --subset 5000 --epochs 20 \
+        --csr-samples 200 --csr-every 5 --seeds 0 1 2       # CPU-sized, JPEGs (REPRODUCTION.md; ~45 min per kind)
     python experiments/fig8.py --quick            # scikit-learn digits (8x8), MLP 2 x 512, r = 3 (see below)
 
 ``--quick`` runs on scikit-learn's 8x8 digits, where r = 0.3 pixel units flips almost no sample, so it uses r = 3
