@@ -8,13 +8,12 @@ its resolved config, TensorBoard logs and figure side by side under ``runs/<figu
 
 from __future__ import annotations
 
-import math
-
 import argparse
 import contextlib
 import dataclasses
 import json
 import logging
+import math
 import os
 import re
 import shutil

@@ -350,9 +350,8 @@ class ExampleDynamics(Callback):
         dynamics_update(stats[:3], parsed.index, correct, loss)
         index = parsed.index.to(stats.device)
         finite = torch.isfinite(logits).all(dim=1)  # a diverged row: NaN margin and probability, never +-inf or 0
-        nan = torch.tensor(float("nan"), device=logits.device)
-        stats[5].index_add_(0, index, torch.where(finite, margins(logits, y), nan).to(stats.device, stats.dtype))
-        stats[6].index_add_(0, index, torch.where(finite, assigned_probability(logits, y), nan).to(stats.device, stats.dtype))
+        stats[5].index_add_(0, index, torch.where(finite, margins(logits, y), float("nan")).to(stats.device, stats.dtype))
+        stats[6].index_add_(0, index, torch.where(finite, assigned_probability(logits, y), float("nan")).to(stats.device, stats.dtype))
         if parsed.noisy is not None:
             index = parsed.index.to(stats.device)
             stats[3].index_add_(0, index, parsed.noisy.to(stats.device, stats.dtype))
